@@ -1,0 +1,55 @@
+"""The ``allcores`` command: a thin layer over the library's batch tools.
+
+Each subcommand lives in its own module ``allcores/cli/_cmd_<name>.py`` that defines
+``register(subparsers)``; this module finds them, so adding a command touches no other file.
+A command's heavy imports (Pillow, pandas, numpy) happen inside its handler, so ``--help``
+is instant and a missing optional dependency prints the install hint instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "missing_extra"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allcores",
+        description="Run CPU-heavy Python work on every core of this machine.",
+        epilog="Run 'allcores COMMAND --help' for the options of each command.",
+    )
+    from allcores import __version__
+
+    parser.add_argument("--version", action="version", version=f"allcores {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_cmd_"):
+            importlib.import_module(f"{__name__}.{info.name}").register(subparsers)
+    return parser
+
+
+def missing_extra(package: str, extra: str) -> SystemExit:
+    """The error a command raises when an optional dependency is not installed."""
+    return SystemExit(
+        f"allcores: this command needs {package}, which is not installed.\n"
+        f"Install it with: pip install 'allcores[{extra}]'"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``allcores`` console script and ``python -m allcores``."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("allcores: interrupted", file=sys.stderr)
+        return 130
