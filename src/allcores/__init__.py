@@ -80,6 +80,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
+    # ruff: noqa: F401
     from allcores._engine.cpu import cpu_count
     from allcores._engine.jobs import Failure, MapResults
     from allcores._executor import Executor

@@ -1,0 +1,432 @@
+"""A job is one call's stream of items (a map, an apply, a submit) as the manager sees it.
+
+The job cuts its input into chunks on demand (sizes from :class:`ChunkSizer`), takes back the
+answers, applies the error policy and retries, and hands results to a *sink* in the right order.
+Only the manager thread calls a job's methods; sinks are where the caller's thread meets it.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from allcores import errors as _errors
+from allcores._engine import serialization
+from allcores._engine.messages import TaskError
+from allcores._engine.scheduler import ChunkSizer, Reorderer, RetryPolicy
+
+__all__ = ["Failure", "MapResults", "OnError"]
+
+OnError = Literal["raise", "collect", "skip"]
+ON_ERROR_CHOICES = ("raise", "collect", "skip")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item that did not produce a value.
+
+    Attributes:
+        index: the item's position in the input.
+        item_repr: a short repr of the item.
+        error: the exception, with the worker's traceback as ``__cause__``.
+    """
+
+    index: int
+    item_repr: str
+    error: BaseException
+
+
+class MapResults(list):
+    """The list a map returns, plus ``failures``: every item that failed, with its error.
+
+    Under ``on_error="raise"`` (the default) a failure raises instead, so ``failures`` is empty;
+    under ``"collect"`` the exception stands in the list at the item's place; under ``"skip"`` the
+    item is left out of the list and is found only in ``failures``.
+    """
+
+    failures: list[Failure]
+
+    def __init__(self, values: Iterable[Any] = (), failures: list[Failure] | None = None):
+        super().__init__(values)
+        self.failures = failures if failures is not None else []
+
+
+@dataclass(eq=False)
+class Chunk:
+    """Consecutive items ``[start, start + len(items))`` of one job, sent as one message."""
+
+    job: Job
+    start: int
+    items: list
+    attempt: int = 1  # how many times these items have been sent
+    isolated: bool = False  # cut out of a chunk whose worker died, to find the culprit
+    payload: bytes | None = None  # the pickled items, once made
+    deadline: float | None = None  # monotonic time by which it must finish (timeout=)
+
+
+class Sink:
+    """Where a job's results go; the facades subclass it. Called from the manager thread."""
+
+    def deliver(self, values: list) -> None:
+        raise NotImplementedError
+
+    def finish(self, failures: list[Failure]) -> None:
+        raise NotImplementedError
+
+    def fail(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+    def unconsumed(self) -> int:
+        """Delivered batches the caller has not taken yet (for back-pressure)."""
+        return 0
+
+    def abandoned(self) -> bool:
+        """True when nobody wants the results any more (a cancelled future)."""
+        return False
+
+
+class ListSink(Sink):
+    """Collects a whole map (or one apply) for a blocking or async ``get``."""
+
+    def __init__(
+        self,
+        single: bool = False,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        self.values = MapResults()
+        self.single = single
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.callback = callback
+        self.error_callback = error_callback
+
+    def deliver(self, values: list) -> None:
+        self.values.extend(values)
+
+    def finish(self, failures: list[Failure]) -> None:
+        self.values.failures = failures
+        if self.callback is not None:
+            try:
+                self.callback(self.value())
+            except BaseException as exc:  # a broken callback must not stop the engine
+                _report_callback_error(exc)
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        if self.error_callback is not None:
+            try:
+                self.error_callback(error)
+            except BaseException as exc:
+                _report_callback_error(exc)
+        self.done.set()
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        if self.single:
+            return self.values[0]
+        return self.values
+
+
+def _report_callback_error(exc: BaseException) -> None:
+    import sys
+    import traceback
+
+    print("allcores: exception in a result callback:", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
+_END = object()
+
+
+class IterSink(Sink):
+    """Feeds an iterator in the caller's thread, batch by batch, as results arrive."""
+
+    def __init__(self) -> None:
+        self._batches: collections.deque = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.failures: list[Failure] = []
+        self.on_consume: Callable[[], None] | None = None  # wakes the manager (back-pressure)
+
+    def deliver(self, values: list) -> None:
+        if values:
+            with self._cond:
+                self._batches.append(values)
+                self._cond.notify()
+
+    def finish(self, failures: list[Failure]) -> None:
+        self.failures = failures
+        with self._cond:
+            self._batches.append(_END)
+            self._cond.notify()
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._batches.append(error)
+            self._cond.notify()
+
+    def unconsumed(self) -> int:
+        return len(self._batches)
+
+    def next_batch(self, timeout: float | None = None) -> list | None:
+        """The next batch of values; None at the end. Raises the job's error, or TimeoutError."""
+        with self._cond:
+            if not self._batches and not self._cond.wait_for(
+                lambda: bool(self._batches), timeout
+            ):
+                raise TimeoutError
+            batch = self._batches[0]
+            if batch is _END:
+                return None
+            self._batches.popleft()
+        if self.on_consume is not None:
+            self.on_consume()
+        if isinstance(batch, BaseException):
+            raise batch
+        return batch
+
+
+class Job:
+    """One call's items on their way through the pool. Manager-thread only, except ``cancel``."""
+
+    _ids = itertools.count()
+
+    def __init__(
+        self,
+        fn_id: int,
+        fn_blob: bytes,
+        iterable: Iterable[Any],
+        sink: Sink,
+        *,
+        workers: int,
+        mode: int = 0,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        on_error: OnError = "raise",
+        policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+        progress: Any = None,
+        max_outstanding: int | None = None,
+        on_dispatch: Callable[[], bool] | None = None,
+    ) -> None:
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.id = next(Job._ids)
+        self.fn_id = fn_id
+        self.fn_blob = fn_blob
+        self.sink = sink
+        self.mode = mode
+        self.on_error = on_error
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self.progress = progress
+        self.on_dispatch = on_dispatch
+        # A timed item must start as soon as it is sent, so the clock is right: one item a chunk.
+        self.sizer = ChunkSizer(workers, 1 if timeout is not None else chunksize)
+        self.reorder = Reorderer(ordered)
+        self.max_outstanding = max_outstanding or 4 * max(1, workers)
+        self.pending: collections.deque[Chunk] = collections.deque()
+        self.delayed: list[tuple[float, Chunk]] = []  # retries waiting out their backoff
+        self.in_flight = 0
+        self.failures: list[Failure] = []
+        self.finished = False
+        self.cancelled = False
+        self._seq: Sequence | None = None
+        self._iter: Iterator | None = None
+        self.total: int | None = None
+        if isinstance(iterable, (list, tuple, range)):
+            self._seq = iterable
+            self.total = len(iterable)
+        else:
+            self._iter = iter(iterable)
+            try:
+                self.total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:
+                self.total = None
+        self.next_index = 0
+        self.exhausted = self.total == 0
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def can_feed(self) -> bool:
+        if self.finished:
+            return False
+        if self.pending:
+            return True
+        if self.exhausted:
+            return False
+        return self.in_flight + self.sink.unconsumed() + self.reorder.buffered < (
+            self.max_outstanding
+        )
+
+    def wants_probe_only(self) -> bool:
+        """Before the first result, send one probe per worker instead of filling queues."""
+        return not self.sizer.learned and self.in_flight > 0
+
+    def next_chunk(self) -> Chunk | None:
+        """The next chunk to send, or None when there is nothing to send now."""
+        if self.pending:
+            return self.pending.popleft()
+        if self.exhausted or self.finished:
+            return None
+        if self.on_dispatch is not None and not self.on_dispatch():
+            # A future cancelled before it started: it counts as done, nothing runs.
+            self.exhausted = True
+            return None
+        remaining = None if self.total is None else self.total - self.next_index
+        size = self.sizer.next_size(remaining) if remaining is None or remaining > 0 else 1
+        start = self.next_index
+        if self._seq is not None:
+            items = list(self._seq[start : start + size])
+        else:
+            assert self._iter is not None
+            try:
+                items = list(itertools.islice(self._iter, size))
+            except BaseException as exc:  # the caller's generator raised: the map fails with it
+                self.exhausted = True
+                self.fail(exc)
+                return None
+        self.next_index += len(items)
+        if len(items) < size or (self.total is not None and self.next_index >= self.total):
+            self.exhausted = True
+        if not items:
+            return None
+        return Chunk(self, start, items)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def complete(
+        self,
+        chunk: Chunk,
+        values: list,
+        errors: Iterable[TaskError],
+        worker_label: str,
+        now: float,
+    ) -> None:
+        """A worker answered for ``chunk``: deliver values, handle each failed item."""
+        if self.finished:
+            return
+        errors = list(errors)
+        if len(values) < len(chunk.items) and not errors:
+            # Defensive: a short answer without errors would silently lose items.
+            raise RuntimeError("allcores internal error: a chunk came back short")
+        if not errors:
+            self._deliver(chunk.start, len(chunk.items), values)
+            return
+        # Deliver around the failed items; each failure is retried, collected, skipped or raised.
+        position = 0
+        for err in errors:
+            if err.offset > position:
+                self._deliver(chunk.start + position, err.offset - position,
+                              values[position : err.offset])
+            item = chunk.items[err.offset]
+            error = attach_traceback(err.error, err.traceback, chunk.start + err.offset, item,
+                                     worker_label)
+            self.item_failed(chunk.start + err.offset, item, error, chunk.attempt, now,
+                             infrastructure=False)
+            if self.finished:
+                return
+            position = err.offset + 1
+        ran = len(values)
+        if ran > position:
+            self._deliver(chunk.start + position, ran - position, values[position:ran])
+        if ran < len(chunk.items) and not self.finished:
+            # The worker stopped at an error (fail-fast) that turned out to be retried.
+            rest = Chunk(self, chunk.start + ran, chunk.items[ran:], chunk.attempt)
+            self.pending.appendleft(rest)
+
+    def item_failed(
+        self,
+        index: int,
+        item: Any,
+        error: BaseException,
+        attempt: int,
+        now: float,
+        *,
+        infrastructure: bool,
+    ) -> None:
+        """One item failed for good or for now: retry it, or apply the error policy."""
+        delay = self.policy.delay(attempt, error, infrastructure=infrastructure)
+        if delay is not None:
+            retry = Chunk(self, index, [item], attempt + 1, isolated=True)
+            self.delayed.append((now + delay, retry))
+            return
+        if self.on_error == "raise":
+            self.fail(error)
+            return
+        self.failures.append(Failure(index, serialization.item_repr(item), error))
+        self._deliver(index, 1, [error] if self.on_error == "collect" else [])
+
+    def _deliver(self, start: int, length: int, values: list) -> None:
+        for batch in self.reorder.add(start, length, values):
+            self.sink.deliver(batch)
+        if self.progress is not None:
+            self.progress.update(length)
+
+    def requeue(self, chunk: Chunk, *, front: bool = True) -> None:
+        chunk.payload = None
+        chunk.deadline = None
+        if front:
+            self.pending.appendleft(chunk)
+        else:
+            self.pending.append(chunk)
+
+    def isolate(self, chunk: Chunk) -> None:
+        """Re-run a multi-item chunk whose worker died one item at a time, to find the culprit."""
+        for offset in range(len(chunk.items) - 1, -1, -1):
+            self.pending.appendleft(
+                Chunk(self, chunk.start + offset, [chunk.items[offset]], chunk.attempt,
+                      isolated=True)
+            )
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def is_complete(self) -> bool:
+        return (
+            self.exhausted and not self.pending and not self.delayed and self.in_flight == 0
+        )
+
+    def maybe_finish(self) -> bool:
+        if self.finished:
+            return True
+        if self.is_complete():
+            self.finished = True
+            self._close_progress()
+            self.failures.sort(key=lambda f: f.index)
+            self.sink.finish(self.failures)
+            return True
+        return False
+
+    def fail(self, error: BaseException) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.pending.clear()
+        self.delayed.clear()
+        self._close_progress()
+        self.sink.fail(error)
+
+    def _close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+
+
+def attach_traceback(
+    error: BaseException, tb: str, index: int, item: Any, worker_label: str
+) -> BaseException:
+    """Give a task's exception the worker's traceback as __cause__ and a note naming the item."""
+    if tb and error.__cause__ is None:
+        error.__cause__ = _errors.RemoteTraceback(tb)
+    note = f"allcores: raised by item {index} = {serialization.item_repr(item)} in {worker_label}"
+    if hasattr(error, "add_note"):  # Python 3.11+
+        error.add_note(note)
+    return error

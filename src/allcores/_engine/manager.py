@@ -1,0 +1,583 @@
+"""The manager: one thread in the caller's process that owns the workers and every job.
+
+How a task travels::
+
+    caller thread                 manager thread                         worker process
+    -------------                 --------------                         --------------
+    Pool.map(fn, items)
+      builds a Job + sink  --->   commands deque + wake pipe
+                                  select() over wake pipe,       RunChunk   reader thread
+                                  result pipes, worker    -------------->  -> local queue
+                                  sentinels and the next                    -> main thread
+                                  deadline                                     runs fn(item)...
+                                  Job.next_chunk()  (ChunkSizer)
+                                                                 ChunkDone
+                                  Job.complete()   <------------------------  values, errors,
+                                  Reorderer -> sink                           seconds, rss
+      sink.get() / next()  <---   sink.deliver()/finish()/fail()
+
+One ``select`` tells the manager everything: a command arrived, a result arrived, a worker died
+(its sentinel became readable), or a deadline passed (a timeout or a retry's backoff). It never
+polls. Each worker has its own pair of pipes, so the manager always knows which chunks a dead
+worker held: the running one is re-run item by item to find the culprit, queued ones are resent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import os
+import selectors
+import signal
+import threading
+import time
+import weakref
+from typing import Any
+
+from allcores import errors as _errors
+from allcores._engine import processes, serialization
+from allcores._engine.jobs import Chunk, Job, attach_traceback
+from allcores._engine.messages import ChunkDone, InitFailed, RunChunk, Stop
+from allcores._engine.processes import WorkerHandle
+from allcores._engine.scheduler import describe_exit, should_recycle
+
+# Chunks queued in one worker's pipe beyond the one it runs: with one spare, a worker that
+# finishes starts the next chunk at once instead of waiting a round trip for it.
+PREFETCH = 2
+# Workers dying in a row with no chunk completed in between before the pool gives up: a worker
+# that cannot even start (its memory limit, a broken interpreter) must not respawn forever.
+MAX_CRASHES_IN_A_ROW = 20
+# How long terminate() waits for SIGTERMed workers before SIGKILL.
+TERMINATE_GRACE = 0.5
+
+_RUNNING, _CLOSING, _TERMINATING, _DONE = range(4)
+_live_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
+
+
+@atexit.register
+def _terminate_all() -> None:
+    for manager in list(_live_managers):
+        manager.terminate()
+
+
+class Manager:
+    """Owns the worker processes of one pool and runs every job submitted to it."""
+
+    def __init__(
+        self,
+        workers: int,
+        context: Any,
+        init_blob: bytes | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory: int | None = None,
+    ) -> None:
+        self.workers = workers
+        self.context = context
+        self.init_blob = init_blob
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory = max_memory
+        self._state = _RUNNING
+        self._state_lock = threading.Lock()
+        self._commands: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._handles: dict[int, WorkerHandle] = {}
+        self._feedable: collections.deque[Job] = collections.deque()
+        self._jobs: set[Job] = set()
+        self._chunk_ids = itertools.count()
+        self._crashes_in_a_row = 0
+        self._broken: BaseException | None = None
+        # Fork the first workers here, in the caller's thread, before the manager thread exists:
+        # a fork from a single-threaded process is the safe kind.
+        for slot in range(workers):
+            self._start_worker(slot)
+        self._thread = threading.Thread(target=self._run, name="allcores-manager", daemon=True)
+        self._thread.start()
+        _live_managers.add(self)
+
+    # -- the caller's side (any thread) ----------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self._state_lock:
+            if self._state != _RUNNING:
+                raise _errors.PoolClosedError(
+                    "this pool is closed: create a new one (or use allcores.map, which keeps "
+                    "its own)"
+                )
+            if self._broken is not None:
+                raise self._broken
+            self._commands.append(("submit", job))
+        self.wake()
+
+    def cancel(self, job: Job, error: BaseException) -> None:
+        """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
+        self._commands.append(("cancel", (job, error)))
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake is already pending) or closed (the manager ended)
+
+    def close(self) -> None:
+        """No more jobs; workers exit once the submitted jobs are done."""
+        with self._state_lock:
+            if self._state == _RUNNING:
+                self._state = _CLOSING
+        self.wake()
+
+    def terminate(self) -> None:
+        """Stop every worker now; unfinished jobs fail with PoolClosedError."""
+        with self._state_lock:
+            if self._state == _DONE:
+                return
+            self._state = _TERMINATING
+        self.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5.0)
+        if self._thread.is_alive():
+            # The manager is stuck (a callback that blocks?): kill the workers from here.
+            for handle in list(self._handles.values()):
+                processes.kill(handle)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the manager to finish after close() or terminate(); True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def pids(self) -> list[int]:
+        return [h.pid for h in list(self._handles.values()) if h.pid is not None]
+
+    # -- the manager thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # an engine bug must fail the jobs, never hang them
+            error = _errors.AllcoresError(f"allcores internal error in the manager: {exc!r}")
+            error.__cause__ = exc
+            self._fail_all(error)
+        finally:
+            self._shutdown_workers()
+            with self._state_lock:
+                self._state = _DONE
+            self._selector.close()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            _live_managers.discard(self)
+
+    def _loop(self) -> None:
+        while True:
+            self._take_commands()
+            state = self._state
+            if state == _TERMINATING:
+                self._fail_all(_errors.PoolClosedError("the pool was terminated"))
+                return
+            now = time.monotonic()
+            self._release_retries(now)
+            self._enforce_deadlines(now)
+            self._dispatch(now)
+            if state == _CLOSING and not self._jobs:
+                self._stop_idle_workers()
+                if not self._handles:
+                    return
+            timeout = self._next_timer(now)
+            for key, _ in self._selector.select(timeout):
+                kind, handle = key.data
+                if kind == "wake":
+                    self._drain_wake()
+                elif self._handles.get(handle.slot) is not handle:
+                    continue  # an event of a worker already gone
+                elif kind == "result":
+                    self._read_result(handle)
+                else:
+                    self._worker_exited(handle)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _take_commands(self) -> None:
+        os.set_blocking(self._wake_r, False)
+        while self._commands:
+            command, arg = self._commands.popleft()
+            if command == "submit":
+                self._jobs.add(arg)
+                self._feedable.append(arg)
+                if arg.maybe_finish():  # an empty input
+                    self._jobs.discard(arg)
+            elif command == "cancel":
+                job, error = arg
+                job.fail(error)
+                self._finish_job(job)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        if not self._feedable:
+            return
+        # Idle workers first, so work spreads before queues fill.
+        for handle in sorted(self._handles.values(), key=lambda h: len(h.in_flight)):
+            while self._feedable and self._has_room(handle):
+                chunk = self._next_chunk_for(handle)
+                if chunk is None:
+                    break
+                self._send(handle, chunk, now)
+
+    def _has_room(self, handle: WorkerHandle) -> bool:
+        if handle.retiring or handle.stopping or handle.timed_out is not None:
+            return False
+        if not handle.in_flight:
+            return True
+        if handle.in_flight[0].job.timeout is not None:
+            return False  # a timed item runs alone, so its clock is honest
+        return len(handle.in_flight) < PREFETCH
+
+    def _next_chunk_for(self, handle: WorkerHandle) -> Chunk | None:
+        for _ in range(len(self._feedable)):
+            job = self._feedable[0]
+            if job.finished or (job.exhausted and not job.pending):
+                self._feedable.popleft()
+                continue
+            if not job.can_feed():
+                self._feedable.rotate(-1)  # back-pressured: let other jobs go first
+                continue
+            if job.timeout is not None and handle.in_flight:
+                return None
+            if not job.sizer.learned and any(c.job is job for c in handle.in_flight):
+                return None  # one probe per worker until the job's cost is known
+            chunk = job.next_chunk()
+            if job.finished:
+                self._finish_job(job)
+            if chunk is not None:
+                return chunk
+            if job.maybe_finish():
+                self._finish_job(job)
+        return None
+
+    def _requeued(self, job: Job) -> None:
+        if job not in self._feedable:
+            self._feedable.appendleft(job)
+
+    def _send(self, handle: WorkerHandle, chunk: Chunk, now: float) -> None:
+        job = chunk.job
+        if chunk.payload is None:
+            try:
+                chunk.payload = serialization.dumps(chunk.items)
+            except Exception:
+                self._unpicklable_items(chunk, now)
+                return
+        fn_blob = None if job.fn_id in handle.known_functions else job.fn_blob
+        forget = tuple(handle.forget)
+        handle.forget.clear()
+        message = RunChunk(
+            next(self._chunk_ids),
+            job.fn_id,
+            fn_blob,
+            chunk.payload,
+            job.mode,
+            # Fail-fast without retries: the first error ends the job, so stop the chunk there.
+            job.on_error == "raise" and job.policy.retries == 0,
+            forget,
+        )
+        try:
+            handle.task_conn.send_bytes(serialization.dumps(message))
+        except OSError:
+            # The worker died while we wrote; its sentinel will tell. Keep the chunk.
+            job.requeue(chunk)
+            self._requeued(job)
+            handle.retiring = True
+            return
+        handle.known_functions.add(job.fn_id)
+        if job.timeout is not None:
+            chunk.deadline = now + job.timeout
+        handle.in_flight.append(chunk)
+        job.in_flight += 1
+
+    def _unpicklable_items(self, chunk: Chunk, now: float) -> None:
+        """The chunk's items do not pickle: fail the culprits, send the others one by one."""
+        job = chunk.job
+        for offset in range(len(chunk.items) - 1, -1, -1):
+            item = chunk.items[offset]
+            try:
+                payload = serialization.dumps([item])
+            except Exception as exc:
+                hint = serialization.pickling_hint("the argument", item, exc)
+                error = _errors.ArgumentPicklingError(hint)
+                error.__cause__ = exc
+                job.item_failed(chunk.start + offset, item, error, job.policy.retries + 1, now,
+                                infrastructure=False)
+                if job.finished:
+                    self._finish_job(job)
+                    return
+                continue
+            single = Chunk(job, chunk.start + offset, [item], chunk.attempt, isolated=True,
+                           payload=payload)
+            job.pending.appendleft(single)
+        self._requeued(job)
+        if job.maybe_finish():
+            self._finish_job(job)
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def _read_result(self, handle: WorkerHandle) -> None:
+        try:
+            data = handle.result_conn.recv_bytes()
+        except (EOFError, OSError):
+            # The worker is dying; its sentinel will report it. Stop watching this pipe.
+            self._unregister(handle.result_conn)
+            return
+        try:
+            message = serialization.loads(data)
+        except Exception as exc:
+            message = exc
+        if isinstance(message, InitFailed):
+            self._initializer_failed(handle, message)
+            return
+        chunk = handle.in_flight.popleft()
+        job = chunk.job
+        job.in_flight -= 1
+        now = time.monotonic()
+        if isinstance(message, BaseException):
+            # The answer itself would not unpickle here (a result class missing in the parent).
+            for offset, item in enumerate(chunk.items):
+                error = _errors.ResultPicklingError(
+                    f"the results of items {chunk.start}..{chunk.start + len(chunk.items) - 1} "
+                    f"could not be unpickled in the parent: {message!r}. Return plain data, or "
+                    "types importable in the parent."
+                )
+                job.item_failed(chunk.start + offset, item, error, job.policy.retries + 1, now,
+                                infrastructure=False)
+                if job.finished:
+                    break
+        else:
+            assert isinstance(message, ChunkDone)
+            self._crashes_in_a_row = 0
+            handle.items_done += message.ran
+            handle.last_rss = message.rss
+            if message.ran:
+                job.sizer.observe(message.ran, message.seconds)
+            if message.load_error is not None:
+                if len(chunk.items) > 1:
+                    job.isolate(chunk)
+                    self._requeued(job)
+                else:
+                    err = message.load_error
+                    error = attach_traceback(err.error, err.traceback, chunk.start,
+                                             chunk.items[0], handle.label)
+                    job.item_failed(chunk.start, chunk.items[0], error, job.policy.retries + 1,
+                                    now, infrastructure=False)
+            else:
+                job.complete(chunk, message.values, message.errors, handle.label, now)
+                if job.pending:
+                    self._requeued(job)
+        if job.finished or job.maybe_finish():
+            self._finish_job(job)
+        if should_recycle(handle.items_done, self.max_tasks_per_child, handle.last_rss,
+                          self.max_memory):
+            handle.retiring = True
+        if handle.retiring and not handle.in_flight and not handle.stopping:
+            self._send_stop(handle)
+
+    def _finish_job(self, job: Job) -> None:
+        self._jobs.discard(job)
+        # Workers may forget a finished job's function (each map has its own function id).
+        for handle in self._handles.values():
+            if job.fn_id in handle.known_functions:
+                handle.known_functions.discard(job.fn_id)
+                handle.forget.append(job.fn_id)
+
+    def _initializer_failed(self, handle: WorkerHandle, message: InitFailed) -> None:
+        error = message.error
+        if message.traceback and error.__cause__ is None:
+            error.__cause__ = _errors.RemoteTraceback(message.traceback)
+        if hasattr(error, "add_note"):
+            error.add_note(f"allcores: the pool's initializer failed in {handle.label}")
+        self._broken = error
+        self._fail_all(error)
+
+    # -- deaths ----------------------------------------------------------------------------
+
+    def _worker_exited(self, handle: WorkerHandle) -> None:
+        # Results it wrote before dying are still in the pipe: take them first.
+        try:
+            while handle.result_conn.poll(0):
+                self._read_result(handle)
+                if self._handles.get(handle.slot) is not handle:
+                    return
+        except (EOFError, OSError):
+            pass
+        handle.process.join(timeout=1.0)
+        exitcode = handle.process.exitcode
+        self._unregister(handle.result_conn)
+        self._unregister(handle.sentinel)
+        del self._handles[handle.slot]
+        now = time.monotonic()
+        expected = handle.stopping and not handle.in_flight and exitcode == 0
+        if not expected and handle.in_flight:
+            self._crashes_in_a_row += 1
+            self._blame(handle, exitcode, now)
+        processes.close_handle(handle)
+        if self._state == _RUNNING or (self._state == _CLOSING and self._jobs):
+            if self._crashes_in_a_row > MAX_CRASHES_IN_A_ROW:
+                self._fail_all(_errors.WorkerCrashedError(
+                    f"{self._crashes_in_a_row} workers died in a row without finishing any "
+                    "work; giving up. The last one: "
+                    f"{describe_exit(exitcode)[1]}",
+                    worker_id=handle.slot, pid=handle.pid, exitcode=exitcode,
+                ))
+                return
+            self._start_worker(handle.slot)
+
+    def _blame(self, handle: WorkerHandle, exitcode: int | None, now: float) -> None:
+        running = handle.in_flight.popleft()
+        for queued in reversed(handle.in_flight):  # never started: send again as they were
+            queued.job.in_flight -= 1
+            queued.job.requeue(queued)
+            self._requeued(queued.job)
+        handle.in_flight.clear()
+        job = running.job
+        job.in_flight -= 1
+        if handle.timed_out is running:
+            item = running.items[0]
+            error: BaseException = _errors.TaskTimeoutError(
+                f"item {running.start} = {serialization.item_repr(item)} ran longer than its "
+                f"timeout of {job.timeout:g} s; {handle.label} was stopped and replaced"
+            )
+            job.item_failed(running.start, item, error, running.attempt, now,
+                            infrastructure=True)
+        elif len(running.items) > 1:
+            job.isolate(running)  # which item killed it? run them one by one to find out
+            self._requeued(job)
+        else:
+            item = running.items[0]
+            available, total = processes.available_memory()
+            signal_name, cause = describe_exit(
+                exitcode,
+                last_rss_bytes=handle.last_rss,
+                available_bytes=available,
+                total_bytes=total,
+            )
+            error = _errors.WorkerCrashedError(
+                f"{handle.label} died while running item {running.start} = "
+                f"{serialization.item_repr(item)}: {cause}. The pool replaced the worker; "
+                "the other items are not affected.",
+                worker_id=handle.slot,
+                pid=handle.pid,
+                exitcode=exitcode,
+                signal_name=signal_name,
+                cause=cause,
+                item_repr=serialization.item_repr(item),
+            )
+            job.item_failed(running.start, item, error, running.attempt, now,
+                            infrastructure=True)
+        if job.pending or job.delayed:
+            self._requeued(job)
+        if job.finished or job.maybe_finish():
+            self._finish_job(job)
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for handle in list(self._handles.values()):
+            if handle.timed_out is None and handle.in_flight:
+                chunk = handle.in_flight[0]
+                if chunk.deadline is not None and chunk.deadline <= now:
+                    handle.timed_out = chunk
+                    processes.kill(handle)  # its sentinel fires next; _blame reports it
+
+    def _release_retries(self, now: float) -> None:
+        for job in list(self._jobs):
+            if not job.delayed:
+                continue
+            due = [c for t, c in job.delayed if t <= now]
+            if due:
+                job.delayed = [(t, c) for t, c in job.delayed if t > now]
+                for chunk in sorted(due, key=lambda c: c.start, reverse=True):
+                    job.pending.appendleft(chunk)
+                self._requeued(job)
+
+    def _next_timer(self, now: float) -> float | None:
+        times = [
+            h.in_flight[0].deadline
+            for h in self._handles.values()
+            if h.in_flight and h.in_flight[0].deadline is not None and h.timed_out is None
+        ]
+        times.extend(t for job in self._jobs for t, _ in job.delayed)
+        if not times:
+            return None
+        return max(0.0, min(times) - now)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _start_worker(self, slot: int) -> None:
+        inherited = [self._wake_r, self._wake_w]
+        for other in self._handles.values():
+            inherited.extend(other.parent_fds())
+        try:
+            selector_fd = self._selector.fileno()  # type: ignore[attr-defined]
+            inherited.append(selector_fd)
+        except (AttributeError, NotImplementedError):
+            pass
+        handle = processes.start_worker(self.context, slot, self.init_blob, inherited)
+        self._handles[slot] = handle
+        self._selector.register(handle.result_conn, selectors.EVENT_READ, ("result", handle))
+        self._selector.register(handle.sentinel, selectors.EVENT_READ, ("exit", handle))
+
+    def _unregister(self, fileobj: Any) -> None:
+        try:
+            self._selector.unregister(fileobj)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _send_stop(self, handle: WorkerHandle) -> None:
+        handle.stopping = True
+        try:
+            handle.task_conn.send_bytes(serialization.dumps(Stop()))
+        except OSError:
+            processes.kill(handle)
+
+    def _stop_idle_workers(self) -> None:
+        for handle in self._handles.values():
+            if not handle.in_flight and not handle.stopping:
+                handle.retiring = True
+                self._send_stop(handle)
+
+    def _shutdown_workers(self) -> None:
+        """Stop every worker that is still there: SIGTERM, a short grace, then SIGKILL."""
+        handles = list(self._handles.values())
+        self._handles.clear()
+        for handle in handles:
+            if handle.process.exitcode is None:
+                processes.kill(handle, signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for handle in handles:
+            handle.process.join(max(0.0, deadline - time.monotonic()))
+            if handle.process.exitcode is None:
+                processes.kill(handle)
+        for handle in handles:
+            processes.close_handle(handle)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for job in list(self._jobs):
+            job.fail(error)
+        self._jobs.clear()
+        self._feedable.clear()
+        while self._commands:
+            command, arg = self._commands.popleft()
+            if command == "submit":
+                arg.fail(error)

@@ -1,0 +1,80 @@
+"""The messages that cross the pipes between the manager and a worker.
+
+Each is a small frozen dataclass with slots: typed, self-describing, and cheap to pickle.
+Parent -> worker: :class:`RunChunk`, :class:`Stop`. Worker -> parent: :class:`Ready`,
+:class:`ChunkDone`, :class:`InitFailed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CALL_ONE, CALL_STAR, CALL_ARGS = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class RunChunk:
+    """Run ``fn`` over ``items``; the worker answers with a :class:`ChunkDone`.
+
+    ``fn_blob`` carries the pickled function the first time a worker meets ``fn_id``; later
+    chunks send only the id (a map's function crosses the pipe once per worker, not per task).
+    ``items`` is the pickled list of items, kept apart so a worker that cannot unpickle them can
+    still answer for the chunk.
+    """
+
+    chunk_id: int
+    fn_id: int
+    fn_blob: bytes | None
+    items: bytes
+    mode: int  # how to call: CALL_ONE fn(x), CALL_STAR fn(*x), CALL_ARGS fn(*x[0], **x[1])
+    stop_on_error: bool
+    forget: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish the work already received, then exit with status 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """One item's failure: its offset in the chunk, the exception and the worker's traceback."""
+
+    offset: int
+    error: BaseException
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDone:
+    """The answer to a :class:`RunChunk`.
+
+    ``values`` has one entry per item (None where the item failed). ``errors`` lists the failed
+    items. ``ran`` counts the items the worker actually ran (fewer than the chunk's length when it
+    stopped at the first error). ``seconds`` is the compute time, the scheduler's cost signal;
+    ``rss`` the worker's resident memory afterwards, for the memory ceiling and crash reports.
+    ``load_error`` is set when the items could not be unpickled in the worker at all.
+    """
+
+    chunk_id: int
+    values: list
+    errors: tuple[TaskError, ...]
+    ran: int
+    seconds: float
+    rss: int
+    load_error: TaskError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Sent once by a worker after its initializer succeeded."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class InitFailed:
+    """Sent instead of :class:`Ready` when the initializer raised; the worker then exits."""
+
+    error: BaseException
+    traceback: str

@@ -1,0 +1,239 @@
+"""Scheduling decisions as pure code: chunk sizes, result ordering, retries, worker recycling.
+
+Nothing here starts a process, reads a clock or touches a pipe: the manager feeds in what it
+observed (durations, remaining items, exit codes) and acts on what comes back. That keeps every
+decision unit-testable in microseconds (``tests/test_scheduler.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "ChunkSizer",
+    "Reorderer",
+    "RetryPolicy",
+    "describe_exit",
+    "should_recycle",
+]
+
+# A chunk should run about this long: long enough that the ~0.1 ms round trip per chunk costs
+# under 1%, short enough that one chunk never holds up the end of a map noticeably.
+TARGET_CHUNK_SECONDS = 0.02
+# ...but never shorter than this when the cost is known, or a map of tiny items drowns in
+# round trips at the end, where guided sizing alone would shrink chunks to one item.
+MIN_CHUNK_SECONDS = 0.002
+# Guided scheduling (OpenMP's ``schedule(guided)``): no chunk takes more than
+# 1/(GUIDED_FACTOR * workers) of what is left, so chunks shrink toward the end and every worker
+# finishes at about the same time. 4 keeps the heavy tail of W3b balanced on 2 workers.
+GUIDED_FACTOR = 4
+# Bounds the memory of one chunk (items and results are held in the parent while in flight).
+MAX_CHUNK_ITEMS = 1 << 15
+# Weight of the newest observation in the running per-item cost estimate.
+COST_SMOOTHING = 0.5
+
+
+class ChunkSizer:
+    """Decides how many items the next chunk of a map carries.
+
+    With a fixed ``chunksize`` it just returns it. Otherwise it learns the per-item cost from
+    completed chunks (an exponentially weighted average), aims each chunk at
+    ``TARGET_CHUNK_SECONDS``, caps it by guided scheduling when the number of remaining items is
+    known, and starts with one-item probes while nothing is known yet.
+
+    >>> s = ChunkSizer(workers=2)
+    >>> s.next_size(remaining=1000)
+    1
+    >>> s.observe(items=1, seconds=0.001)
+    >>> s.next_size(remaining=1000)
+    20
+    """
+
+    def __init__(self, workers: int, fixed: int | None = None) -> None:
+        if fixed is not None and fixed < 1:
+            raise ValueError(f"chunksize must be a positive integer, got {fixed!r}")
+        self.workers = max(1, workers)
+        self.fixed = fixed
+        self.cost: float | None = None  # seconds per item, once observed
+
+    @property
+    def learned(self) -> bool:
+        return self.fixed is not None or self.cost is not None
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Record that ``items`` items took ``seconds`` of compute in a worker."""
+        if items <= 0:
+            return
+        per_item = max(seconds, 0.0) / items
+        if self.cost is None:
+            self.cost = per_item
+        else:
+            self.cost += COST_SMOOTHING * (per_item - self.cost)
+
+    def next_size(self, remaining: int | None) -> int:
+        """Items for the next chunk; ``remaining`` is None for inputs of unknown length."""
+        if remaining is not None and remaining <= 0:
+            return 0
+        if self.fixed is not None:
+            size = self.fixed
+        elif self.cost is None:
+            size = 1
+        else:
+            cost = max(self.cost, 1e-9)
+            size = int(TARGET_CHUNK_SECONDS / cost)
+            if remaining is not None:
+                size = min(size, math.ceil(remaining / (GUIDED_FACTOR * self.workers)))
+            size = max(size, int(MIN_CHUNK_SECONDS / cost), 1)
+            size = min(size, MAX_CHUNK_ITEMS)
+        if remaining is not None:
+            size = min(size, remaining)
+        return size
+
+
+class Reorderer:
+    """Turns segments that complete in any order into the input's order.
+
+    A segment is a run of consecutive input positions ``[start, start + length)`` with its values
+    (fewer values than ``length`` when failed items are skipped). ``add`` returns the segments that
+    can now be delivered, in order.
+
+    >>> r = Reorderer()
+    >>> r.add(2, 2, ["c", "d"])
+    []
+    >>> r.add(0, 2, ["a", "b"])
+    [['a', 'b'], ['c', 'd']]
+    """
+
+    def __init__(self, ordered: bool = True) -> None:
+        self.ordered = ordered
+        self.next_position = 0
+        self._waiting: dict[int, tuple[int, list]] = {}
+
+    def add(self, start: int, length: int, values: list) -> list[list]:
+        if not self.ordered:
+            return [values]
+        if start != self.next_position:
+            self._waiting[start] = (length, values)
+            return []
+        ready = [values]
+        self.next_position += length
+        while self.next_position in self._waiting:
+            length, values = self._waiting.pop(self.next_position)
+            ready.append(values)
+            self.next_position += length
+        return ready
+
+    @property
+    def buffered(self) -> int:
+        """Segments held back waiting for an earlier one."""
+        return len(self._waiting)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed item runs again, and after how long.
+
+    Attributes:
+        retries: how many more times an item may run after its first failure.
+        retry_on: exception types (raised by the task) that earn a retry; crashes and timeouts
+            always do while retries are left.
+        backoff: seconds before the first retry; doubles with each further attempt.
+        max_backoff: the longest wait between two attempts.
+    """
+
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries!r}")
+
+    def delay(self, attempt: int, error: BaseException, *, infrastructure: bool) -> float | None:
+        """Seconds to wait before running an item again, or None to give up.
+
+        ``attempt`` counts the runs so far (1 after the first failure); ``infrastructure`` is
+        True for crashes and timeouts, which are retried whatever ``retry_on`` says.
+        """
+        if attempt > self.retries:
+            return None
+        if not infrastructure and not isinstance(error, self.retry_on):
+            return None
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+
+
+def should_recycle(
+    items_done: int,
+    max_items: int | None,
+    rss_bytes: int | None,
+    max_rss_bytes: int | None,
+) -> bool:
+    """Whether a worker should be retired after its current work (lifespan or memory cap)."""
+    if max_items is not None and items_done >= max_items:
+        return True
+    return max_rss_bytes is not None and rss_bytes is not None and rss_bytes > max_rss_bytes
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+_SIGNAL_CAUSES = {
+    "SIGSEGV": "a segmentation fault, usually a bug in a C extension or ctypes code",
+    "SIGBUS": "a bus error, usually a truncated memory-mapped file or a C extension bug",
+    "SIGABRT": "an abort, usually a failed assertion in a C extension or a double free",
+    "SIGFPE": "a fatal arithmetic error in native code",
+    "SIGILL": "an illegal instruction: a native library built for another CPU",
+    "SIGTERM": "it was terminated by another process (SIGTERM)",
+}
+
+
+def describe_exit(
+    exitcode: int | None,
+    *,
+    last_rss_bytes: int | None = None,
+    available_bytes: int | None = None,
+    total_bytes: int | None = None,
+) -> tuple[str | None, str]:
+    """The signal name (or None) and the likely cause of a worker's death, in plain words."""
+    if exitcode is None:
+        return None, "the worker disappeared without an exit status"
+    if exitcode >= 0:
+        return None, (
+            f"the worker exited with status {exitcode} while running the item "
+            "(os._exit(), sys.exit() in a C extension, or a library that called exit())"
+        )
+    name = _signal_name(-exitcode)
+    if name == "SIGKILL":
+        evidence = []
+        if last_rss_bytes is not None:
+            evidence.append(f"the worker last used {last_rss_bytes / 2**20:.0f} MiB")
+        if available_bytes is not None and total_bytes:
+            evidence.append(
+                f"the machine has {available_bytes / 2**20:.0f} MiB of "
+                f"{total_bytes / 2**20:.0f} MiB available"
+            )
+        low_memory = (
+            available_bytes is not None and total_bytes and available_bytes < 0.1 * total_bytes
+        )
+        cause = (
+            "killed by SIGKILL: probably the out-of-memory killer"
+            if low_memory or last_rss_bytes is not None
+            else "killed by SIGKILL (the out-of-memory killer, or someone ran kill -9)"
+        )
+        if evidence:
+            cause += " (" + "; ".join(evidence) + ")"
+        return name, cause
+    return name, _SIGNAL_CAUSES.get(name, f"killed by {name}")
+
+
+def split_for_isolation(start: int, items: Iterable[object]) -> list[tuple[int, list]]:
+    """Cut a chunk whose worker died into one-item chunks, so the culprit is found alone."""
+    return [(start + offset, [item]) for offset, item in enumerate(items)]

@@ -1,0 +1,189 @@
+"""The loop each worker process runs.
+
+Two threads: a reader that drains the task pipe into a local queue, and the main thread that runs
+chunks and writes results. The reader is what makes the engine deadlock-free: however large a
+chunk or a result, the worker always empties its input pipe, so the manager's write never waits on
+a worker that is itself waiting to write. The reader also notices the parent's death (end of
+file on the pipe) and exits the worker at once, even in the middle of a long task.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+from allcores import errors as _errors
+from allcores import worker as _worker
+from allcores._engine import serialization
+from allcores._engine.messages import (
+    CALL_ONE,
+    CALL_STAR,
+    ChunkDone,
+    InitFailed,
+    RunChunk,
+    Stop,
+    TaskError,
+)
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process, read cheaply from /proc (0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a stand-in that keeps its type and text.
+
+    An exception class whose __init__ takes other arguments than it passes to super() pickles
+    fine but fails to unpickle in the parent (CPython bpo-1692335), which would lose the whole
+    chunk's results; catching that here keeps the failure to the one item.
+    """
+    try:
+        pickle.loads(pickle.dumps(exc, serialization.PROTOCOL))
+        return exc
+    except Exception:
+        return _errors.AllcoresError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+            "(the original exception could not be pickled to reach the caller)"
+        )
+
+
+def _task_error(offset: int, exc: BaseException) -> TaskError:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return TaskError(offset, _portable_error(exc), tb)
+
+
+def _run(fn: Any, items: list, mode: int, stop_on_error: bool):
+    values: list = []
+    errors: list[TaskError] = []
+    append = values.append
+    it = iter(items)
+    while True:
+        try:
+            # The happy path is a tight loop; an exception resumes it after the failed item.
+            if mode == CALL_ONE:
+                for item in it:
+                    append(fn(item))
+            elif mode == CALL_STAR:
+                for args in it:
+                    append(fn(*args))
+            else:
+                for args, kwargs in it:
+                    append(fn(*args, **kwargs))
+            break
+        except BaseException as exc:
+            errors.append(_task_error(len(values), exc))
+            append(None)
+            if stop_on_error:
+                break
+    return values, errors
+
+
+def _encode_done(done: ChunkDone, items: list) -> bytes:
+    try:
+        return serialization.dumps(done)
+    except Exception:
+        pass
+    # Some value cannot be pickled: find which, and fail only those items.
+    values = list(done.values)
+    errors = list(done.errors)
+    for offset, value in enumerate(values):
+        try:
+            serialization.dumps(value)
+        except Exception as exc:
+            values[offset] = None
+            hint = serialization.pickling_hint("the result", value, exc)
+            err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
+            errors.append(TaskError(offset, err, ""))
+    errors.sort(key=lambda e: e.offset)
+    fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss)
+    return serialization.dumps(fixed)
+
+
+def _reader(conn, inbox: queue.SimpleQueue) -> None:
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            # The manager is gone (the parent died or the pool was terminated): there is nobody
+            # to report to, so stop now rather than finish work whose results would be lost.
+            os._exit(0)
+        inbox.put(data)
+
+
+def worker_main(
+    worker_id: int,
+    task_conn,
+    result_conn,
+    close_fds: list[int],
+    init_blob: bytes | None,
+) -> None:
+    """Entry point of a worker process (the target of its ``Process``)."""
+    # Ctrl-C goes to the whole process group; the parent decides what stops, not each worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in close_fds:  # pipe ends of sibling workers inherited through fork
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _worker._enter(worker_id, os.getpid())
+
+    if init_blob is not None:
+        try:
+            initializer, initargs = serialization.loads_function(init_blob)
+            initializer(*initargs)
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            result_conn.send_bytes(serialization.dumps(InitFailed(_portable_error(exc), tb)))
+            return
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_reader, args=(task_conn, inbox), daemon=True).start()
+    functions: dict[int, Any] = {}
+    perf_counter = time.perf_counter
+
+    while True:
+        msg = serialization.loads(inbox.get())
+        if isinstance(msg, Stop):
+            return
+        assert isinstance(msg, RunChunk)
+        for fn_id in msg.forget:
+            functions.pop(fn_id, None)
+        load_error = None
+        items: list = []
+        fn = functions.get(msg.fn_id)
+        try:
+            if fn is None:
+                if msg.fn_blob is None:
+                    raise RuntimeError(f"allcores internal error: unknown function {msg.fn_id}")
+                fn = functions[msg.fn_id] = serialization.loads_function(msg.fn_blob)
+            items = serialization.loads(msg.items)
+        except BaseException as exc:
+            err = _errors.ArgumentPicklingError(
+                f"the task's function or arguments could not be unpickled in the worker: "
+                f"{type(exc).__name__}: {exc}. Make sure their classes and modules are "
+                "importable in the worker (define them in a module, not only in a notebook cell)."
+            )
+            load_error = _task_error(0, err)
+        if load_error is not None:
+            done = ChunkDone(msg.chunk_id, [], (), 0, 0.0, rss_bytes(), load_error)
+            result_conn.send_bytes(serialization.dumps(done))
+            continue
+        started = perf_counter()
+        values, errs = _run(fn, items, msg.mode, msg.stop_on_error)
+        seconds = perf_counter() - started
+        done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes())
+        result_conn.send_bytes(_encode_done(done, items))
+        del items, values, errs, done

@@ -1,0 +1,165 @@
+"""``allcores.Executor``: a drop-in for ``concurrent.futures.ProcessPoolExecutor``.
+
+It returns the standard library's ``Future``, so ``as_completed``, ``wait`` and asyncio's
+``loop.run_in_executor`` work as they do with the standard executor. A worker that dies fails
+only the future of the item it ran (with ``WorkerCrashedError``, a ``BrokenProcessPool``); the
+executor replaces the worker and stays usable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import Executor as _StdExecutor
+from typing import Any
+
+from allcores import errors as _errors
+from allcores._engine.client import Engine, TaskOptions
+from allcores._engine.jobs import IterSink, Sink
+from allcores._engine.messages import CALL_ARGS, CALL_STAR
+
+__all__ = ["Executor"]
+
+
+class _FutureSink(Sink):
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def deliver(self, values: list) -> None:
+        if values and not self.future.done():
+            self.future.set_result(values[0])
+
+    def finish(self, failures) -> None:
+        pass  # the value arrived through deliver(); a cancelled future has nothing to set
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            if isinstance(error, CancelledError):
+                self.future.cancel()
+            else:
+                self.future.set_exception(error)
+
+    def abandoned(self) -> bool:
+        return self.future.cancelled()
+
+
+class Executor(_StdExecutor):
+    """A process pool executor with the interface of ``ProcessPoolExecutor``.
+
+    Args:
+        max_workers: number of worker processes; default ``allcores.cpu_count()``.
+        mp_context: a start method name or multiprocessing context (default fork on Linux).
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker.
+        max_tasks_per_child: a worker is replaced after this many items.
+        timeout, retries, retry_on, max_memory: allcores extras, as on :class:`allcores.Pool`.
+
+    >>> import allcores
+    >>> with allcores.Executor(2) as ex:
+    ...     ex.submit(pow, 2, 10).result()
+    1024
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        max_memory: int | None = None,
+    ) -> None:
+        self._engine = Engine(
+            max_workers,
+            mp_context,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            max_memory,
+            TaskOptions(timeout=timeout, retries=retries, retry_on=retry_on),
+        )
+        self._max_workers = self._engine.workers
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
+        self._finalizer = weakref.finalize(self, self._engine.manager.terminate)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``."""
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise _errors.PoolClosedError("cannot schedule new futures after shutdown")
+            future: Future = Future()
+            self._engine.start(
+                fn,
+                [(args, kwargs)],
+                _FutureSink(future),
+                mode=CALL_ARGS,
+                chunksize=1,
+                on_dispatch=future.set_running_or_notify_cancel,
+            )
+            self._pending.add(future)
+            return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | str = "auto",
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like ``ProcessPoolExecutor.map``: results in order, an iterator.
+
+        ``timeout`` bounds the wait from this call on (TimeoutError); ``chunksize`` is "auto"
+        (adaptive) unless given; ``buffersize`` bounds how many items are read ahead of the
+        consumer (the input is always read lazily).
+        """
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or > 0")
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise _errors.PoolClosedError("cannot schedule new futures after shutdown")
+            sink = IterSink()
+            manager = self._engine.manager
+            sink.on_consume = manager.wake
+            job = self._engine.start(
+                fn,
+                zip(*iterables),  # noqa: B905 - stops at the shortest, as the stdlib does
+                sink,
+                mode=CALL_STAR,
+                chunksize=1 if buffersize is not None and chunksize == "auto" else chunksize,
+                max_outstanding=buffersize,
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _results(sink, deadline, lambda: manager.cancel(job, CancelledError()))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with cancel_futures, cancel what has not started."""
+        with self._shutdown_lock:
+            self._shutdown = True
+            if cancel_futures:
+                for future in list(self._pending):
+                    future.cancel()
+        manager = self._engine.manager
+        manager.close()
+        if wait:
+            manager.join()
+
+
+def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None]) -> Iterator[Any]:
+    try:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            batch = sink.next_batch(remaining)
+            if batch is None:
+                return
+            yield from batch
+    finally:
+        cancel()

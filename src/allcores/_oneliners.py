@@ -1,0 +1,152 @@
+"""``allcores.map`` and ``allcores.imap``: every core in one call, no pool to manage.
+
+Both run on a shared default pool that starts on first use and stays up (like joblib's reusable
+executor), so a second call costs no process start-up. It is rebuilt when ``workers=`` changes,
+after Ctrl-C (whose running tasks it stops), and in a forked child; ``allcores.shutdown()`` stops
+it and it is stopped at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from allcores._engine.client import check_workers, resolve_context
+from allcores._engine.jobs import MapResults, OnError
+from allcores._pool import Pool
+
+__all__ = ["imap", "map", "shutdown"]
+
+_lock = threading.Lock()
+_default: Pool | None = None
+_default_key: tuple | None = None
+_default_pid: int | None = None
+
+
+def _pool(workers: int | None) -> Pool:
+    global _default, _default_key, _default_pid
+    count = check_workers(workers)
+    key = (count, resolve_context().get_start_method())
+    with _lock:
+        if _default is not None and _default_pid != os.getpid():
+            _default = None  # inherited through fork: the manager thread is not in this process
+        if _default is not None and (_default_key != key or not _default._engine.manager.alive):
+            _default.terminate()
+            _default = None
+        if _default is None:
+            _default = Pool(count)
+            _default_key, _default_pid = key, os.getpid()
+        return _default
+
+
+def shutdown() -> None:
+    """Stop the shared default pool of :func:`map` and :func:`imap` (it restarts when needed)."""
+    global _default
+    with _lock:
+        pool, _default = _default, None
+    if pool is not None:
+        pool.terminate()
+
+
+def _interrupted(pool: Pool) -> None:
+    global _default
+    with _lock:
+        if _default is pool:
+            _default = None
+    pool.terminate()
+
+
+def map(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    *,
+    workers: int | None = None,
+    ordered: bool = True,
+    chunksize: int | str = "auto",
+    progress: Any = False,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+    on_error: OnError = "raise",
+    star: bool = False,
+) -> MapResults:
+    """``[fn(x) for x in iterable]`` on every core; a list, in input order by default.
+
+    Args:
+        fn: any callable, lambdas and closures included.
+        workers: processes to use; default ``allcores.cpu_count()``.
+        ordered: False returns results in the order they finish (slightly less waiting).
+        chunksize: "auto" learns each item's cost and sizes chunks to it; or a fixed int.
+        progress: True shows a bar with rate and ETA (tqdm if installed).
+        timeout: seconds one item may run before it is stopped (TaskTimeoutError).
+        retries, retry_on: run failed items again (crashes and timeouts always; task
+            exceptions of the ``retry_on`` types).
+        on_error: "raise" (default), "collect" or "skip"; see :class:`allcores.MapResults`.
+        star: call ``fn(*item)`` instead of ``fn(item)``.
+
+    >>> import allcores
+    >>> allcores.map(lambda x: x * x, range(5))
+    [0, 1, 4, 9, 16]
+    """
+    pool = _pool(workers)
+    options = pool._options(timeout, retries, retry_on, on_error)
+    mode = 1 if star else 0
+    try:
+        if ordered:
+            return pool._async(fn, _seq(iterable), mode, chunksize, None, None,
+                               progress=progress, options=options).get()
+        out = MapResults()
+        it = pool._iter(fn, iterable, mode, chunksize, False, options, progress)
+        out.extend(it)
+        out.failures = it.failures
+        return out
+    except KeyboardInterrupt:
+        _interrupted(pool)
+        raise
+
+
+def imap(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    *,
+    workers: int | None = None,
+    ordered: bool = True,
+    chunksize: int | str = "auto",
+    progress: Any = False,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+    on_error: OnError = "raise",
+    star: bool = False,
+) -> Iterator[Any]:
+    """Like :func:`map`, but yields results as they arrive, reading the input lazily.
+
+    Memory stays flat whatever the input's length: only a bounded number of items are in
+    flight or waiting to be consumed. Stopping early (``break``) stops feeding the workers.
+
+    >>> import allcores
+    >>> sorted(allcores.imap(str.upper, ["a", "b"], ordered=False))
+    ['A', 'B']
+    """
+    pool = _pool(workers)
+    options = pool._options(timeout, retries, retry_on, on_error)
+    it = pool._iter(fn, iterable, 1 if star else 0, chunksize, ordered, options, progress)
+    return _guarded(pool, it)
+
+
+def _guarded(pool: Pool, it) -> Iterator[Any]:
+    try:
+        yield from it
+    except KeyboardInterrupt:
+        _interrupted(pool)
+        raise
+    finally:
+        it.close()
+
+
+def _seq(iterable: Iterable[Any]) -> Iterable[Any]:
+    if isinstance(iterable, (list, tuple, range)):
+        return iterable
+    return list(iterable)

@@ -1,0 +1,287 @@
+"""``allcores.Pool``: a drop-in for ``multiprocessing.Pool`` on the allcores engine.
+
+Same constructor, same methods, same results and exception types, so code written for the
+standard pool runs unchanged; and underneath, persistent workers with pull-based dispatch,
+adaptive chunk sizes, lambdas that pickle, worker tracebacks, crash survival and timeouts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from allcores._engine.client import Engine, TaskOptions
+from allcores._engine.jobs import IterSink, Job, ListSink, MapResults
+from allcores._engine.messages import CALL_ARGS, CALL_ONE, CALL_STAR
+
+__all__ = ["AsyncResult", "Pool"]
+
+
+class AsyncResult:
+    """The pending result of ``apply_async`` / ``map_async``, as in ``multiprocessing``."""
+
+    def __init__(self, sink: ListSink, job: Job | None = None) -> None:
+        self._sink = sink
+        self._job = job
+
+    def ready(self) -> bool:
+        return self._sink.done.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._sink.error is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._sink.done.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The result; raises the task's exception, or ``multiprocessing.TimeoutError``."""
+        if not self._sink.done.wait(timeout):
+            raise multiprocessing.TimeoutError
+        return self._sink.value()
+
+
+MapResult = AsyncResult
+
+
+class IMapIterator:
+    """What ``imap`` / ``imap_unordered`` return; ``next(timeout)`` as in multiprocessing."""
+
+    def __init__(self, sink: IterSink, on_close: Callable[[], None] | None = None) -> None:
+        self._sink = sink
+        self._batch: list = []
+        self._pos = 0
+        self._on_close = on_close
+        self._done = False
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        while self._pos >= len(self._batch):
+            if self._done:
+                raise StopIteration
+            try:
+                batch = self._sink.next_batch(timeout)
+            except TimeoutError:
+                raise multiprocessing.TimeoutError from None
+            if batch is None:
+                self._done = True
+                raise StopIteration
+            self._batch, self._pos = batch, 0
+        value = self._batch[self._pos]
+        self._pos += 1
+        return value
+
+    __next__ = next
+
+    @property
+    def failures(self):
+        """Items that failed under on_error="collect"/"skip" (complete once exhausted)."""
+        return self._sink.failures
+
+    def close(self) -> None:
+        """Stop early: no more input is sent; chunks already running finish."""
+        if not self._done and self._on_close is not None:
+            self._done = True
+            self._on_close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Pool:
+    """A process pool with the interface of ``multiprocessing.Pool``.
+
+    Args:
+        processes: number of worker processes; default ``allcores.cpu_count()``.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker.
+        maxtasksperchild: a worker is replaced after running this many items.
+        context: a start method name ("fork", "spawn", "forkserver") or a multiprocessing
+            context; default fork on Linux (see ``allcores._engine.client.resolve_context``).
+        timeout: default per-item timeout in seconds for every call (allcores extra).
+        retries, retry_on: default retries for every call (allcores extra).
+        max_memory: recycle a worker whose resident memory passes this many bytes after its
+            current work (allcores extra).
+
+    Every mapping method also takes keyword-only ``timeout=``, ``retries=``, ``on_error=`` and
+    ``progress=``.
+
+    >>> import allcores
+    >>> with allcores.Pool(2) as pool:
+    ...     pool.map(abs, [-1, -2, 3])
+    [1, 2, 3]
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        max_memory: int | None = None,
+    ) -> None:
+        self._engine = Engine(
+            processes,
+            context,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            max_memory,
+            TaskOptions(timeout=timeout, retries=retries, retry_on=retry_on),
+        )
+        self._processes = self._engine.workers
+        manager = self._engine.manager
+        self._finalizer = weakref.finalize(self, manager.terminate)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _options(self, timeout, retries, retry_on, on_error) -> TaskOptions:
+        return self._engine.options.merged(
+            timeout=timeout, retries=retries, retry_on=retry_on, on_error=on_error
+        )
+
+    def _async(self, fn, iterable, mode, chunksize, callback, error_callback, single=False,
+               progress=None, options=None) -> AsyncResult:
+        sink = ListSink(single=single, callback=callback, error_callback=error_callback)
+        job = self._engine.start(fn, iterable, sink, mode=mode, chunksize=chunksize,
+                                 options=options, progress=progress)
+        return AsyncResult(sink, job)
+
+    def _iter(self, fn, iterable, mode, chunksize, ordered, options, progress) -> IMapIterator:
+        sink = IterSink()
+        manager = self._engine.manager
+        sink.on_consume = manager.wake
+        job = self._engine.start(fn, iterable, sink, mode=mode, chunksize=chunksize,
+                                 ordered=ordered, options=options, progress=progress)
+        from concurrent.futures import CancelledError
+
+        return IMapIterator(sink, lambda: manager.cancel(job, CancelledError()))
+
+    # -- multiprocessing.Pool API -------------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: dict[str, Any] | None = None) -> Any:
+        """``func(*args, **kwds)`` in a worker; blocks for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
+                    kwds: dict[str, Any] | None = None,
+                    callback: Callable[[Any], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None,
+                    ) -> AsyncResult:
+        """Like :meth:`apply`, but returns an :class:`AsyncResult` at once."""
+        item = (tuple(args), dict(kwds or {}))
+        return self._async(func, [item], CALL_ARGS, 1, callback, error_callback, single=True)
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+            chunksize: int | None = None, *, timeout: float | None = None,
+            retries: int | None = None, retry_on=None, on_error: str | None = None,
+            progress: Any = False) -> MapResults:
+        """``[func(x) for x in iterable]`` on every worker, in order."""
+        options = self._options(timeout, retries, retry_on, on_error)
+        return self._async(func, _as_sequence(iterable), CALL_ONE, chunksize, None, None,
+                           progress=progress, options=options).get()
+
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                  chunksize: int | None = None,
+                  callback: Callable[[Any], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None,
+                  *, timeout: float | None = None, retries: int | None = None,
+                  retry_on=None, on_error: str | None = None,
+                  progress: Any = False) -> AsyncResult:
+        options = self._options(timeout, retries, retry_on, on_error)
+        return self._async(func, _as_sequence(iterable), CALL_ONE, chunksize, callback,
+                           error_callback, progress=progress, options=options)
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, **extras: Any) -> MapResults:
+        """``[func(*args) for args in iterable]``, in order."""
+        return self.starmap_async(func, iterable, chunksize, **extras).get()
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[Any], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None,
+                      *, timeout: float | None = None, retries: int | None = None,
+                      retry_on=None, on_error: str | None = None,
+                      progress: Any = False) -> AsyncResult:
+        options = self._options(timeout, retries, retry_on, on_error)
+        return self._async(func, _as_sequence(iterable), CALL_STAR, chunksize, callback,
+                           error_callback, progress=progress, options=options)
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+             chunksize: int | None = None, *, timeout: float | None = None,
+             retries: int | None = None, retry_on=None, on_error: str | None = None,
+             progress: Any = False) -> IMapIterator:
+        """Results in input order, each as soon as it and those before it are done.
+
+        The input is read lazily, with a bounded number of items in flight.
+        """
+        options = self._options(timeout, retries, retry_on, on_error)
+        return self._iter(func, iterable, CALL_ONE, chunksize, True, options, progress)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                       chunksize: int | None = None, *, timeout: float | None = None,
+                       retries: int | None = None, retry_on=None,
+                       on_error: str | None = None, progress: Any = False) -> IMapIterator:
+        """Results in the order they finish."""
+        options = self._options(timeout, retries, retry_on, on_error)
+        return self._iter(func, iterable, CALL_ONE, chunksize, False, options, progress)
+
+    def close(self) -> None:
+        """Accept no more work; the workers exit once the submitted work is done."""
+        self._engine.manager.close()
+
+    def terminate(self) -> None:
+        """Stop the workers now; unfinished results fail with PoolClosedError."""
+        self._engine.manager.terminate()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the workers to exit; call close() or terminate() first."""
+        manager = self._engine.manager
+        if manager._state == 0:  # still running: the standard pool raises the same
+            raise ValueError("Pool is still running: call close() or terminate() before join()")
+        manager.join(timeout)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()  # as multiprocessing.Pool does
+
+    def __repr__(self) -> str:
+        state = "running" if self._engine.manager._state == 0 else "closed"
+        return f"<allcores.Pool state={state} processes={self._processes}>"
+
+    # -- allcores extras ----------------------------------------------------------------------
+
+    @property
+    def processes(self) -> int:
+        """The number of worker processes."""
+        return self._processes
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the current workers."""
+        return self._engine.manager.pids()
+
+
+def _as_sequence(iterable: Iterable[Any]) -> Iterable[Any]:
+    """map() and starmap() need the whole input anyway (as multiprocessing does): a list lets
+    the scheduler size chunks from the length; ranges, lists and tuples pass as they are."""
+    if isinstance(iterable, (list, tuple, range)):
+        return iterable
+    return list(iterable)
+
+
