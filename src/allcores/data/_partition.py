@@ -1,0 +1,360 @@
+"""Partitions of a CSV or Parquet file that workers read themselves.
+
+::
+
+    parent: reads the header (CSV) or the footer (Parquet) and a few bytes at each cut
+      │        -> [Partition(byte range | row group), ...]   (tiny: a path and two numbers)
+      ├──> worker: seek, read its own bytes / row group, parse with pandas -> DataFrame -> fn
+      └──> worker: ...
+
+A CSV file is cut into byte ranges, each moved forward to just after a line break, so every
+partition holds whole lines; the parent never parses or pickles the table. The number of
+partitions depends only on the file's size (never on the worker count), so results that sum
+floats are identical for any ``workers``. Limitation: a quoted field holding a line break
+would be cut in two; such files must be read whole (pandas) or converted to Parquet first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from allcores.data._errors import DataError
+
+__all__ = ["Partition", "plan", "read_partition"]
+
+#: A CSV partition holds at most this many bytes: parsed, that is a few hundred MiB of
+#: DataFrame per worker at most.
+PARTITION_BYTES = 32 << 20
+#: ... and small files are still cut into up to MIN_PARTITIONS pieces of at least
+#: MIN_PARTITION_BYTES, so a 20 MiB file keeps 8 cores busy while a 50 KiB one is read whole
+#: (a worker round trip costs more than parsing that much).
+MIN_PARTITIONS = 8
+MIN_PARTITION_BYTES = 1 << 20
+#: Bytes read at a time while looking for the next line break or counting lines.
+SCAN_BYTES = 1 << 16
+
+_PARQUET_MAGIC = b"PAR1"
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One piece of an input file: what a worker needs to read it, and nothing more."""
+
+    file: str
+    """Path of the input file."""
+    index: int
+    """Position among the file's partitions (results are combined in this order)."""
+    format: str
+    """``"csv"`` or ``"parquet"``."""
+    columns: tuple[str, ...]
+    """All column names of the file, in file order."""
+    start: int = 0
+    """CSV: first byte (always the start of a line)."""
+    end: int = 0
+    """CSV: one past the last byte (always just after a line break, or the end of file)."""
+    row_groups: tuple[int, ...] = ()
+    """Parquet: the row groups of this partition."""
+
+
+def file_format(path: str | os.PathLike[str]) -> str:
+    """``"parquet"`` by suffix or magic bytes, else ``"csv"``."""
+    p = os.fspath(path)
+    if p.lower().endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    if p.lower().endswith((".gz", ".bz2", ".xz", ".zst", ".zip")):
+        raise DataError(
+            "compressed CSV cannot be split into byte ranges; decompress it first "
+            "or convert it to Parquet",
+            file=p,
+        )
+    try:
+        with open(p, "rb") as f:
+            return "parquet" if f.read(4) == _PARQUET_MAGIC else "csv"
+    except FileNotFoundError:
+        raise DataError("no such file", file=p) from None
+
+
+def plan(path: str | os.PathLike[str], partitions: int | None = None) -> list[Partition]:
+    """Cut a file into partitions (the parent's only look at the data).
+
+    Args:
+        path: a CSV file with a header line, or a Parquet file.
+        partitions: how many (CSV: at most this many, cut at line breaks; Parquet: row groups
+            are grouped into this many). Default: from the file size alone.
+
+    Example::
+
+        >>> parts = plan("transactions.csv")           # doctest: +SKIP
+        >>> parts[0].start, parts[0].end                # doctest: +SKIP
+        (40, 16777251)
+    """
+    p = os.fspath(path)
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions!r}")
+    if file_format(p) == "parquet":
+        return _plan_parquet(p, partitions)
+    return _plan_csv(p, partitions)
+
+
+def _plan_csv(path: str, partitions: int | None) -> list[Partition]:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.readline()
+        if not header.strip():
+            raise DataError(
+                "the file is empty; expected a header line naming the columns", file=path, line=1
+            )
+        data_start = f.tell()
+        if not f.read(SCAN_BYTES).strip():
+            raise DataError("the file has a header but no data rows", file=path, line=2)
+        columns = _parse_header(path, header)
+        data = size - data_start
+        if partitions is None:
+            partitions = max(
+                -(-data // PARTITION_BYTES), min(MIN_PARTITIONS, -(-data // MIN_PARTITION_BYTES))
+            )
+        cuts = [data_start]
+        for i in range(1, partitions):
+            pos = _next_line_start(f, data_start + data * i // partitions, size)
+            if cuts[-1] < pos < size:
+                cuts.append(pos)
+        cuts.append(size)
+    return [
+        Partition(path, i, "csv", columns, start=a, end=b)
+        for i, (a, b) in enumerate(itertools.pairwise(cuts))
+    ]
+
+
+def _parse_header(path: str, header: bytes) -> tuple[str, ...]:
+    try:
+        text = header.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the header is not UTF-8 text ({exc.reason})", file=path, line=1) from None
+    names = tuple(name.strip() for name in next(csv.reader([text.rstrip("\r\n")])))
+    seen: set[str] = set()
+    for name in names:
+        if not name:
+            raise DataError("the header has an empty column name", file=path, line=1)
+        if name in seen:
+            raise DataError("the header names this column twice", file=path, line=1, column=name)
+        seen.add(name)
+    return names
+
+
+def _next_line_start(f: Any, target: int, size: int) -> int:
+    """The offset just after the first line break at or after ``target - 1``."""
+    pos = target - 1
+    f.seek(pos)
+    while pos < size:
+        block = f.read(SCAN_BYTES)
+        if not block:
+            break
+        nl = block.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+        pos += len(block)
+    return size
+
+
+def _plan_parquet(path: str, partitions: int | None) -> list[Partition]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError with its own words
+        raise DataError(f"not a readable Parquet file ({exc})", file=path) from None
+    columns = tuple(meta.schema.names)
+    groups = [g for g in range(meta.num_row_groups) if meta.row_group(g).num_rows > 0]
+    if not groups:
+        raise DataError("the file has no rows", file=path)
+    count = len(groups) if partitions is None else min(partitions, len(groups))
+    # consecutive row groups, as evenly as whole groups allow
+    bounds = [len(groups) * i // count for i in range(count + 1)]
+    return [
+        Partition(path, i, "parquet", columns, row_groups=tuple(groups[a:b]))
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
+    ]
+
+
+def read_partition(
+    part: Partition, columns: list[str] | None = None, dtype: dict[str, str] | None = None
+) -> Any:
+    """Read one partition as a pandas DataFrame (in the worker).
+
+    Args:
+        part: from :func:`plan`.
+        columns: read only these (default: all); a missing one is a :class:`DataError`.
+        dtype: CSV only, e.g. ``{"amount": "float64"}``; a value that does not convert is a
+            :class:`DataError` naming its line and column.
+    """
+    missing = [c for c in columns or () if c not in part.columns]
+    if missing:
+        raise DataError(
+            f"no such column; the file has: {', '.join(part.columns)}",
+            file=part.file,
+            line=1 if part.format == "csv" else None,
+            column=missing[0],
+        )
+    if part.format == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(part.file).read_row_groups(list(part.row_groups), columns=columns)
+        return table.to_pandas(date_as_object=False)  # datetime64: vectorised, not objects
+    return _read_csv(part, columns, dtype)
+
+
+def _read_csv(part: Partition, columns: list[str] | None, dtype: dict[str, str] | None) -> Any:
+    import pandas as pd
+
+    with open(part.file, "rb") as f:
+        f.seek(part.start)
+        data = f.read(part.end - part.start)
+    with warnings.catch_warnings():
+        # pandas only *warns* when the first row has too many fields (and drops them);
+        # that is a malformed row to us.
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            if columns is not None and not _field_counts_plausible(data, len(part.columns)):
+                # usecols makes pandas ignore extra fields; read every column to find the row
+                pd.read_csv(
+                    io.BytesIO(data),
+                    header=None,
+                    names=list(part.columns),
+                    dtype=str,
+                    index_col=False,
+                )
+            return pd.read_csv(
+                io.BytesIO(data),
+                header=None,
+                names=list(part.columns),
+                usecols=columns,
+                dtype=dtype,
+                index_col=False,
+            )
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+            raise malformed_row_error(part, data, str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            if not dtype:
+                raise
+            error = _find_bad_value(part, data, columns, dtype)
+            if error is None:
+                raise
+            raise error from exc
+
+
+def _field_counts_plausible(data: bytes, fields: int) -> bool:
+    """Cheap check (two byte counts) that every line has ``fields`` fields.
+
+    False also for legal files with quoted commas or blank lines: the caller then validates
+    the slow way, so this never lets a malformed row through.
+    """
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    return data.count(b",") == (fields - 1) * lines
+
+
+def malformed_row_error(part: Partition, data: bytes, detail: str = "") -> DataError:
+    """The error for the first line of ``data`` whose field count is wrong."""
+    expected = len(part.columns)
+    line = lines_before(part)
+    for text in data.decode("utf-8", errors="replace").splitlines():
+        line += 1
+        if not text.strip():
+            continue
+        fields = next(csv.reader([text]))
+        if len(fields) != expected:
+            return DataError(
+                f"expected {expected} fields ({', '.join(part.columns)}), found {len(fields)}: "
+                f"{_clip(text)!r}",
+                file=part.file,
+                line=line,
+            )
+    found = re.search(r"line (\d+)", detail)
+    at = lines_before(part) + int(found.group(1)) if found else None
+    return DataError(f"malformed CSV ({detail})", file=part.file, line=at)
+
+
+def _find_bad_value(
+    part: Partition, data: bytes, columns: list[str] | None, dtype: dict[str, str]
+) -> DataError | None:
+    import pandas as pd
+
+    raw = pd.read_csv(
+        io.BytesIO(data),
+        header=None,
+        names=list(part.columns),
+        usecols=columns,
+        dtype=str,
+        index_col=False,
+        keep_default_na=False,
+    )
+    for column, kind in dtype.items():
+        values = raw[column].str.strip()
+        converted = pd.to_numeric(values.where(values != ""), errors="coerce")
+        bad = converted.isna() & (values != "")
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            return DataError(
+                f"{values.iloc[i]!r} is not a number ({kind})",
+                file=part.file,
+                line=row_line(part, i, data),
+                column=column,
+            )
+    return None
+
+
+def lines_before(part: Partition) -> int:
+    """How many lines precede the partition (the header included): error path only."""
+    count = 0
+    with open(part.file, "rb") as f:
+        remaining = part.start
+        while remaining > 0:
+            block = f.read(min(SCAN_BYTES * 16, remaining))
+            if not block:
+                break
+            count += block.count(b"\n")
+            remaining -= len(block)
+    return count
+
+
+def row_line(part: Partition, row: int, data: bytes | None = None) -> int:
+    """The 1-based file line of the partition's ``row``-th parsed row (blank lines skipped)."""
+    if data is None:
+        with open(part.file, "rb") as f:
+            f.seek(part.start)
+            data = f.read(part.end - part.start)
+    line = lines_before(part)
+    seen = -1
+    for text in data.split(b"\n"):
+        line += 1
+        if text.strip():
+            seen += 1
+            if seen == row:
+                return line
+    return line
+
+
+def location(part: Partition, row: int) -> dict[str, int]:
+    """Keyword arguments for :class:`DataError` that point at a partition's ``row``."""
+    if part.format == "csv":
+        return {"line": row_line(part, row)}
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(part.file).metadata
+    for group in part.row_groups:
+        rows = meta.row_group(group).num_rows
+        if row < rows:
+            return {"row_group": group, "row": row}
+        row -= rows
+    return {"row_group": part.row_groups[-1], "row": row}
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
