@@ -58,7 +58,10 @@ def analyze(
     Args:
         path: CSV (with a header line) or Parquet file.
         fn: called in a worker with one partition as a pandas DataFrame.
-        combine: ``"concat"`` (``pandas.concat`` of DataFrames/Series, in file order),
+        combine: ``"concat"`` (``pandas.concat`` of DataFrames/Series, in file order; the
+            row labels a partition starts with are 0..n-1 *within the partition*, so a
+            row-wise result keeps them only when it changed them, e.g. by filtering: call
+            ``reset_index(drop=True)`` if they matter; group-by keys are kept as they are),
             ``"list"`` (the results as a list, in file order) or a function
             ``reduce(a, b) -> ab`` folded over the results in file order.
         columns: read only these columns (faster; a missing one raises :class:`DataError`).

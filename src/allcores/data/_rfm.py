@@ -89,7 +89,7 @@ def rfm_finalize(partials: list[Any], as_of: Any = None) -> Any:
     )
     as_of = pd.Timestamp(as_of) if as_of is not None else g["last"].max() + pd.Timedelta(days=1)
     recency = (as_of - g["last"]).dt.days.astype(np.int64)
-    r = SCORES + 1 - _quantile_score(recency)
+    r = _quantile_score(-recency)  # the most recent buyers score 5
     f = _quantile_score(g["frequency"])
     m = _quantile_score(g["monetary"])
     table = np.array(SEGMENTS, dtype=object)
@@ -111,11 +111,16 @@ def rfm_finalize(partials: list[Any], as_of: Any = None) -> Any:
 
 
 def _quantile_score(values: Any) -> Any:
-    """1..5 by quintile of rank; ties share a score, so the result does not depend on order."""
+    """1..5 by quintile of rank (5 = highest values); ties share a score.
+
+    ``1 + floor(5 * (rank - 0.5) / n)`` is the quintile for large n and stays symmetric for
+    small n (3 customers score 1, 3 and 5). Average ranks make it independent of row order.
+    """
     import numpy as np
 
-    pct = values.rank(method="average", pct=True).to_numpy()
-    return np.clip(np.ceil(pct * SCORES), 1, SCORES).astype(np.int64)
+    rank = values.rank(method="average").to_numpy()
+    score = 1 + np.floor(SCORES * (rank - 0.5) / len(rank))
+    return np.clip(score, 1, SCORES).astype(np.int64)
 
 
 def _error(part: Partition | None, problem: str, column: str) -> DataError:
