@@ -1,0 +1,168 @@
+"""Finding the images under SRC and planning where each one goes under DST, safely.
+
+The rules this module enforces (each one is a promise of ``allcores images``):
+
+- **Sources are never modified**: an output that would land on or inside SRC (possible when
+  SRC lies inside DST) is refused for that image.
+- **Nothing is written outside DST**: output folders are created one level at a time, and a
+  symbolic link met on the way is followed only when it leads back inside DST.
+- **DST inside SRC** is skipped while walking SRC, so a run never eats its own outputs.
+- Symbolic links to folders inside SRC are not walked (they can loop); links to files are read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from allcores.images._steps import EXTENSION_FORMATS, OUTPUT_FORMATS, TEMP_SUFFIX
+
+
+@dataclass(frozen=True)
+class Found:
+    """One candidate under SRC. ``problem`` is set when it cannot even be opened as a file."""
+
+    rel: str  # path relative to SRC, with "/" separators (the name in reports and datasets)
+    path: str  # absolute path to read
+    problem: str = ""
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def discover(src: str, exclude: list[str]) -> list[Found]:
+    """Every file under ``src`` whose name ends in an image extension, sorted by path.
+
+    ``exclude`` lists folders (DST, the samples folder's outputs...) that are not walked.
+    """
+    excluded: list[os.stat_result] = []
+    for path in exclude:
+        try:
+            excluded.append(os.stat(path))
+        except OSError:
+            pass
+    found: list[Found] = []
+    stack = [("", src)]
+    while stack:
+        rel_dir, folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            found.append(Found(rel_dir or ".", folder, f"unreadable folder: {exc.strerror}"))
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if not any(_same_file(st, ex) for ex in excluded):
+                        stack.append((rel, entry.path))
+                    continue
+            except OSError:
+                continue
+            if os.path.splitext(entry.name)[1].lower() not in EXTENSION_FORMATS:
+                continue
+            if entry.name.endswith(TEMP_SUFFIX) or entry.name.startswith("."):
+                continue  # our own temporary files and hidden files (e.g. macOS ._x.jpg)
+            try:
+                st = entry.stat()  # follows a link to the file it names
+            except FileNotFoundError:
+                found.append(Found(rel, entry.path, "unreadable: broken symbolic link"))
+                continue
+            except OSError as exc:
+                found.append(Found(rel, entry.path, f"unreadable: {exc.strerror}"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue  # a link to a folder: not walked
+            if not stat.S_ISREG(st.st_mode):
+                # a FIFO named x.jpg would block the worker that opens it forever
+                found.append(Found(rel, entry.path, "not a regular file"))
+                continue
+            found.append(Found(rel, os.path.abspath(entry.path)))
+    found.sort(key=lambda f: f.rel)
+    return found
+
+
+def output_rel(rel: str, fmt: str | None) -> str:
+    """Where ``rel`` goes under DST: the same path, with the new extension when converting."""
+    if fmt is None:
+        return rel
+    stem, ext = os.path.splitext(rel)
+    wanted = OUTPUT_FORMATS[fmt.lower()][1]
+    # keep .jpeg as .jpeg when writing JPEG: the same format needs no new name
+    if EXTENSION_FORMATS.get(ext.lower()) == OUTPUT_FORMATS[fmt.lower()][0]:
+        return rel
+    return stem + wanted
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Both paths already resolved (realpath)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class DirMaker:
+    """Creates output folders under DST without ever following a link out of it."""
+
+    def __init__(self, dst_real: str, src_real: str):
+        self.dst_real = dst_real
+        self.src_real = src_real
+        self._ok: dict[str, str] = {"": ""}  # rel folder -> "" (fine) or the reason it is not
+
+    def ensure(self, rel_dir: str) -> str:
+        """Make DST/rel_dir; returns "" when it is safe to write there, else the reason."""
+        if rel_dir in self._ok:
+            return self._ok[rel_dir]
+        parent = rel_dir.rpartition("/")[0]
+        reason = self.ensure(parent)
+        if not reason:
+            path = os.path.join(self.dst_real, *rel_dir.split("/"))
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    reason = f"cannot create output folder {rel_dir}: {exc.strerror}"
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(path)
+                    if not is_inside(target, self.dst_real):
+                        reason = f"output folder {rel_dir} is a link leading outside DST"
+                    elif is_inside(target, self.src_real) and not is_inside(
+                        self.dst_real, self.src_real
+                    ):
+                        reason = f"output folder {rel_dir} is a link into SRC"
+                elif not stat.S_ISDIR(st.st_mode):
+                    reason = f"output folder {rel_dir} exists and is not a folder"
+        self._ok[rel_dir] = reason
+        return reason
+
+    def folders(self) -> list[str]:
+        """The absolute output folders created or checked so far (for the temp-file sweep)."""
+        return [
+            os.path.join(self.dst_real, *rel.split("/")) if rel else self.dst_real
+            for rel, reason in self._ok.items()
+            if not reason
+        ]
+
+
+def sweep_temps(folders: list[str]) -> int:
+    """Delete temporary files a killed run left in ``folders``; returns how many."""
+    removed = 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(TEMP_SUFFIX) and entry.name.startswith("."):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
