@@ -334,20 +334,21 @@ class Manager:
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _read_result(self, handle: WorkerHandle) -> None:
+    def _read_result(self, handle: WorkerHandle) -> bool:
+        """Handle one message from ``handle``; False at end of file (the worker is gone)."""
         try:
             data = handle.result_conn.recv_bytes()
         except (EOFError, OSError):
             # The worker is dying; its sentinel will report it. Stop watching this pipe.
             self._unregister(handle.result_conn)
-            return
+            return False
         try:
             message = serialization.loads(data)
         except Exception as exc:
             message = exc
         if isinstance(message, InitFailed):
             self._initializer_failed(handle, message)
-            return
+            return True
         chunk = handle.in_flight.popleft()
         job = chunk.job
         job.in_flight -= 1
@@ -392,6 +393,7 @@ class Manager:
             handle.retiring = True
         if handle.retiring and not handle.in_flight and not handle.stopping:
             self._send_stop(handle)
+        return True
 
     def _finish_job(self, job: Job) -> None:
         self._jobs.discard(job)
@@ -415,8 +417,7 @@ class Manager:
     def _worker_exited(self, handle: WorkerHandle) -> None:
         # Results it wrote before dying are still in the pipe: take them first.
         try:
-            while handle.result_conn.poll(0):
-                self._read_result(handle)
+            while handle.result_conn.poll(0) and self._read_result(handle):
                 if self._handles.get(handle.slot) is not handle:
                     return
         except (EOFError, OSError):

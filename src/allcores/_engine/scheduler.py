@@ -185,6 +185,11 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+# A SIGKILL is blamed on the OOM killer when the machine had under this fraction of its memory
+# available, or the worker alone held over BIG_WORKER_FRACTION of it.
+LOW_MEMORY_FRACTION = 0.1
+BIG_WORKER_FRACTION = 0.3
+
 _SIGNAL_CAUSES = {
     "SIGSEGV": "a segmentation fault, usually a bug in a C extension or ctypes code",
     "SIGBUS": "a bus error, usually a truncated memory-mapped file or a C extension bug",
@@ -220,13 +225,14 @@ def describe_exit(
                 f"the machine has {available_bytes / 2**20:.0f} MiB of "
                 f"{total_bytes / 2**20:.0f} MiB available"
             )
-        low_memory = (
-            available_bytes is not None and total_bytes and available_bytes < 0.1 * total_bytes
-        )
+        total = total_bytes or 0
+        machine_low = available_bytes is not None and available_bytes < LOW_MEMORY_FRACTION * total
+        worker_big = last_rss_bytes is not None and last_rss_bytes > BIG_WORKER_FRACTION * total
+        low_memory = bool(total) and (machine_low or worker_big)
         cause = (
             "killed by SIGKILL: probably the out-of-memory killer"
-            if low_memory or last_rss_bytes is not None
-            else "killed by SIGKILL (the out-of-memory killer, or someone ran kill -9)"
+            if low_memory
+            else "killed by SIGKILL: by another process (kill -9) or the out-of-memory killer"
         )
         if evidence:
             cause += " (" + "; ".join(evidence) + ")"

@@ -1,0 +1,135 @@
+"""Task functions for the engine tests, importable by name under every start method."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+
+
+def double(x):
+    return 2 * x
+
+
+def add(a, b):
+    return a + b
+
+
+def kw(a, b=0, *, c=0):
+    return (a, b, c)
+
+
+def fail_on(x, bad=3):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom(x):
+    raise CustomError(f"custom {x}")
+
+
+class TwoArgError(Exception):
+    """Pickles but cannot unpickle (CPython bpo-1692335)."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_arg(x):
+    raise TwoArgError(x, x)
+
+
+def return_lock(x):
+    return threading.Lock()
+
+
+def exit_on(x, bad=37):
+    if x == bad:
+        os._exit(1)
+    return x
+
+
+def sigkill_on(x, bad=37):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def segfault_on(x, bad=37):
+    if x == bad:
+        ctypes.string_at(0)
+    return x
+
+
+def hang_on(x, bad=3):
+    if x == bad:
+        threading.Event().wait()  # forever, until the pool stops it
+    return x
+
+
+def allocate_on(x, bad=3, limit=None):
+    if x == bad:
+        hog = []
+        while True:  # without bound; the test's memory ceiling stops it
+            hog.append(bytearray(16 << 20))
+    return x
+
+
+def pid(_):
+    return os.getpid()
+
+
+def sleep_then(x, seconds=0.01):
+    time.sleep(seconds)
+    return x
+
+
+def spin(n):
+    s = 0
+    for i in range(n):
+        s = (s + i * i) % 1000003
+    return s
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("Unpicklable refuses to be pickled")
+
+
+class UnpicklableInWorker:
+    """Pickles in the parent, fails to unpickle in the worker."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse():
+    raise RuntimeError("cannot be rebuilt here")
+
+
+def identity(x):
+    return x
+
+
+def initializer_sets_state(value):
+    import allcores
+
+    allcores.worker.current().state["value"] = value
+
+
+def read_state(_):
+    import allcores
+
+    ctx = allcores.worker.current()
+    return ctx.state.get("value"), ctx.id
+
+
+def failing_initializer():
+    raise OSError("initializer could not open its resource")

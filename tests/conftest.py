@@ -1,0 +1,77 @@
+"""Fixtures every test gets: nothing may outlive a test (processes, threads, shared memory)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import psutil
+import pytest
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+# How long a test's leftovers get to exit on their own before they count as leaked.
+LEAK_GRACE_SECONDS = 5.0
+# Long-lived helpers that multiprocessing and tqdm start once per session, by design.
+_INFRASTRUCTURE = ("forkserver", "resource_tracker", "semaphore_tracker")
+_SHM_PREFIXES = ("allcores", "sem.allcores", "psm_", "sem.mp-")
+
+
+def _infrastructure(proc: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+    return any(name in cmdline for name in _INFRASTRUCTURE)
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith(_SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def _stop_default_pool() -> None:
+    oneliners = sys.modules.get("allcores._oneliners")
+    if oneliners is not None:
+        oneliners.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves a child process, a thread or a shared-memory segment behind."""
+    threads_before = set(threading.enumerate())
+    shm_before = _shm_entries()
+    yield
+    _stop_default_pool()
+    me = psutil.Process()
+    children = [c for c in me.children(recursive=True) if not _infrastructure(c)]
+    _, alive = psutil.wait_procs(children, timeout=LEAK_GRACE_SECONDS)
+    leaked_threads = []
+    for thread in set(threading.enumerate()) - threads_before:
+        if thread.name.startswith("TMonitor"):  # tqdm's monitor, one per session
+            continue
+        thread.join(LEAK_GRACE_SECONDS)
+        if thread.is_alive():
+            leaked_threads.append(thread.name)
+    leaked_shm = _shm_entries() - shm_before
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    problems = []
+    if alive:
+        problems.append(f"child processes left running: {[p.pid for p in alive]}")
+    if leaked_threads:
+        problems.append(f"threads left running: {leaked_threads}")
+    if leaked_shm:
+        problems.append(f"shared memory left in /dev/shm: {sorted(leaked_shm)}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request) -> str:
+    return request.param

@@ -1,0 +1,170 @@
+"""The scheduler's decisions, tested as pure functions: no process is started here."""
+
+from __future__ import annotations
+
+import random
+import signal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allcores._engine.scheduler import (
+    GUIDED_FACTOR,
+    MAX_CHUNK_ITEMS,
+    TARGET_CHUNK_SECONDS,
+    ChunkSizer,
+    Reorderer,
+    RetryPolicy,
+    describe_exit,
+    should_recycle,
+)
+
+
+def test_first_chunk_is_a_probe():
+    assert ChunkSizer(workers=4).next_size(remaining=10_000) == 1
+    assert ChunkSizer(workers=4).next_size(remaining=None) == 1
+
+
+def test_fixed_chunksize_is_used_as_given():
+    sizer = ChunkSizer(workers=2, fixed=7)
+    assert sizer.next_size(remaining=100) == 7
+    assert sizer.next_size(remaining=3) == 3
+
+
+def test_chunk_aims_at_target_duration():
+    sizer = ChunkSizer(workers=2)
+    sizer.observe(items=10, seconds=0.001)  # 0.1 ms an item
+    assert sizer.next_size(remaining=None) == round(TARGET_CHUNK_SECONDS / 1e-4)
+
+
+def test_guided_cap_shrinks_chunks_toward_the_end():
+    sizer = ChunkSizer(workers=2)
+    sizer.observe(items=1000, seconds=0.0001)  # very cheap items
+    big = sizer.next_size(remaining=200_000)
+    assert big == 200_000 // (GUIDED_FACTOR * 2)
+    assert sizer.next_size(remaining=None) == MAX_CHUNK_ITEMS
+
+
+def test_expensive_items_get_one_item_chunks():
+    sizer = ChunkSizer(workers=2)
+    sizer.observe(items=1, seconds=0.2)
+    assert sizer.next_size(remaining=50) == 1
+
+
+def test_cost_estimate_follows_a_change():
+    sizer = ChunkSizer(workers=2)
+    sizer.observe(items=100, seconds=0.001)
+    cheap = sizer.next_size(remaining=None)
+    for _ in range(5):
+        sizer.observe(items=1, seconds=0.05)
+    assert sizer.next_size(remaining=None) < cheap / 100
+
+
+def test_bad_chunksize_is_refused():
+    with pytest.raises(ValueError, match="chunksize"):
+        ChunkSizer(workers=2, fixed=0)
+
+
+@given(
+    total=st.integers(1, 100_000),
+    workers=st.integers(1, 64),
+    cost=st.floats(1e-8, 1.0),
+)
+def test_sizes_cover_the_input_exactly(total, workers, cost):
+    sizer = ChunkSizer(workers=workers)
+    done = 0
+    steps = 0
+    while done < total:
+        size = sizer.next_size(remaining=total - done)
+        assert 1 <= size <= total - done
+        sizer.observe(size, size * cost)
+        done += size
+        steps += 1
+    assert done == total
+    assert sizer.next_size(remaining=0) == 0
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=40), st.randoms())
+def test_reorderer_restores_input_order(lengths, rnd):
+    segments = []
+    start = 0
+    for length in lengths:
+        segments.append((start, length, list(range(start, start + length))))
+        start += length
+    shuffled = segments[:]
+    rnd.shuffle(shuffled)
+    r = Reorderer(ordered=True)
+    out = []
+    for seg in shuffled:
+        for batch in r.add(*seg):
+            out.extend(batch)
+    assert out == list(range(start))
+    assert r.buffered == 0
+
+
+def test_unordered_reorderer_passes_through():
+    r = Reorderer(ordered=False)
+    assert r.add(5, 1, ["x"]) == [["x"]]
+
+
+def test_retry_policy():
+    policy = RetryPolicy(retries=2, retry_on=(ValueError,), backoff=0.1)
+    assert policy.delay(1, ValueError(), infrastructure=False) == pytest.approx(0.1)
+    assert policy.delay(2, ValueError(), infrastructure=False) == pytest.approx(0.2)
+    assert policy.delay(3, ValueError(), infrastructure=False) is None
+    assert policy.delay(1, KeyError(), infrastructure=False) is None
+    assert policy.delay(1, KeyError(), infrastructure=True) == pytest.approx(0.1)
+    assert RetryPolicy().delay(1, ValueError(), infrastructure=True) is None
+    with pytest.raises(ValueError):
+        RetryPolicy(retries=-1)
+
+
+def test_should_recycle():
+    assert should_recycle(10, 10, None, None)
+    assert not should_recycle(9, 10, None, None)
+    assert should_recycle(1, None, 2_000, 1_000)
+    assert not should_recycle(1, None, 500, 1_000)
+    assert not should_recycle(1, None, None, 1_000)
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "signal_name", "words"),
+    [
+        (1, None, "exited with status 1"),
+        (-signal.SIGSEGV, "SIGSEGV", "segmentation fault"),
+        (-signal.SIGABRT, "SIGABRT", "abort"),
+        (-signal.SIGKILL, "SIGKILL", "SIGKILL"),
+    ],
+)
+def test_describe_exit(exitcode, signal_name, words):
+    name, cause = describe_exit(exitcode)
+    assert name == signal_name
+    assert words in cause
+
+
+def test_sigkill_under_memory_pressure_blames_the_oom_killer():
+    _, cause = describe_exit(
+        -signal.SIGKILL, last_rss_bytes=8 << 30, available_bytes=100 << 20, total_bytes=16 << 30
+    )
+    assert "probably the out-of-memory killer" in cause
+    assert "8192 MiB" in cause
+    _, calm = describe_exit(
+        -signal.SIGKILL, last_rss_bytes=20 << 20, available_bytes=15 << 30, total_bytes=16 << 30
+    )
+    assert "probably" not in calm
+
+
+def test_sizes_balance_a_heavy_tail():
+    """W3b in miniature: with the heavy items last, the last chunks hold one item each."""
+    rnd = random.Random(1)
+    costs = sorted(rnd.uniform(0.001, 0.005) for _ in range(190)) + [0.2] * 10
+    sizer = ChunkSizer(workers=2)
+    done = 0
+    sizes = []
+    while done < len(costs):
+        size = sizer.next_size(remaining=len(costs) - done)
+        sizer.observe(size, sum(costs[done : done + size]))
+        sizes.append((done, size))
+        done += size
+    assert all(size == 1 for start, size in sizes if start >= len(costs) - 8)
