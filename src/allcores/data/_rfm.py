@@ -57,16 +57,30 @@ def rfm_partial(df: Any, part: Partition | None = None) -> Any:
         amount = converted
     date = df["date"]
     if not pd.api.types.is_datetime64_any_dtype(date):
-        parsed = pd.to_datetime(date, format="ISO8601", errors="coerce")
-        bad = parsed.isna().to_numpy()
-        if bad.any():
-            i = int(bad.nonzero()[0][0])
-            raise _at(part, i, f"{date.iloc[i]!r} is not a date (expected YYYY-MM-DD)", "date")
-        date = parsed
+        date = _parse_dates(date, part)
     frame = pd.DataFrame({"customer_id": df["customer_id"], "date": date, "amount": amount})
     return frame.groupby("customer_id", sort=False).agg(
         last=("date", "max"), frequency=("amount", "size"), monetary=("amount", "sum")
     )
+
+
+def _parse_dates(date: Any, part: Partition | None) -> Any:
+    """ISO dates as datetime64, parsing each distinct text once.
+
+    A transactions table holds a few hundred distinct days among millions of rows, so
+    factorising first and parsing the uniques is several times faster than ``to_datetime``
+    on the column (which converts every arrow string to a Python object first).
+    """
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(date)
+    parsed = pd.to_datetime(pd.Series(uniques, dtype=object), format="ISO8601", errors="coerce")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        i = int(np.isin(codes, bad.nonzero()[0]).nonzero()[0][0])
+        raise _at(part, i, f"{date.iloc[i]!r} is not a date (expected YYYY-MM-DD)", "date")
+    return parsed.to_numpy()[codes]
 
 
 def rfm_finalize(partials: list[Any], as_of: Any = None) -> Any:
