@@ -432,3 +432,26 @@ def test_samples_are_deterministic_and_varied(tmp_path):
     assert {"RGB", "L", "RGBA"} <= modes
     assert {3, 6, 8} & tags
     assert len(sizes) >= 3
+
+
+def die_on_boom(job, item):
+    """process_one, except that the worker process dies outright on files named boom."""
+    if "boom" in os.path.basename(item.src):
+        os._exit(3)
+    return process_one(job, item)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_fails_only_its_image(src, tmp_path):
+    from allcores.images import _discover, _run
+
+    marked((50, 50)).save(src / "cats" / "boom.jpg")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    found = _discover.discover(str(src), exclude=[])
+    plan = _run._plan(found, str(src), str(dst), Steps(size=(32, 32)), with_rows=False)
+    outcomes, failures, _ = _run._execute(Job(Steps(size=(32, 32))), plan, 2, False,
+                                          per_image=die_on_boom)
+    assert [f.path for f in failures] == ["cats/boom.jpg"]
+    assert "worker process died" in failures[0].reason
+    assert sum(o.status == "done" for o in outcomes.values()) == 9

@@ -9,15 +9,12 @@ from typing import Any
 def imap_unordered(
     fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None
 ) -> Iterator[Any]:
-    """Results as they arrive; a worker crash yields its exception in place of the result."""
-    import importlib.util
+    """Results as they arrive; a worker crash yields its exception in place of the result.
 
-    if importlib.util.find_spec("allcores._oneliners") is None:  # TEMPORARY until the engine lands
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            yield from pool.imap_unordered(fn, items)
-        return
+    The engine's shared default pool is used, so a second run in the same process (the
+    library called in a loop, a notebook) pays no process start-up. On Ctrl-C the engine
+    stops the running tasks and their workers before the KeyboardInterrupt reaches the caller.
+    """
     import allcores
 
     yield from allcores.imap(fn, items, workers=workers, ordered=False, on_error="collect")

@@ -214,9 +214,13 @@ def _execute(
     workers: int,
     progress: bool,
     serial: bool = False,
+    per_image: Callable[[Job, Item], Outcome] = process_one,
 ) -> tuple[dict[int, Outcome], list[ImageFailure], float]:
-    """Run the plan; returns outcomes by index, the failures and the seconds it took."""
-    fn = functools.partial(process_one, job)
+    """Run the plan; returns outcomes by index, the failures and the seconds it took.
+
+    ``per_image`` is a seam for the tests (a function that kills its worker on one image).
+    """
+    fn = functools.partial(per_image, job)
     outcomes: dict[int, Outcome] = {}
     crashes: list[BaseException] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -259,13 +263,21 @@ def _execute(
     missing = [i for i in range(len(plan.items)) if i not in outcomes]
     if missing:
         # only a dead worker leaves an item unanswered; its error names the cause
-        cause = "; ".join(sorted({str(c).splitlines()[0] for c in crashes})) or "no answer"
+        cause = "; ".join(sorted({_crash_cause(c) for c in crashes})) or "no answer"
         for i in missing:
             failures.append(ImageFailure(
                 plan.rels[i], f"the worker process died on it ({cause})", "WorkerCrashedError",
             ))
             outcomes[i] = Outcome(i, "failed", "worker died", "WorkerCrashedError")
     return outcomes, failures, seconds
+
+
+def _crash_cause(exc: BaseException) -> str:
+    """The short cause of a worker's death (WorkerCrashedError.cause), else the message."""
+    cause = getattr(exc, "cause", None)
+    if cause:
+        return str(cause).split(" (")[0]
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _serial_comparison(
