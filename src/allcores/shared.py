@@ -1,0 +1,348 @@
+"""Share once, use everywhere: a big array placed in shared memory, handed to tasks by name.
+
+``allcores.share(array)`` copies the array once into a POSIX shared-memory segment and returns a
+:class:`SharedArray`. The handle pickles as a tiny reference (segment name, dtype, shape), so
+passing it to a thousand tasks costs a thousand tiny messages; in a task ``handle.array`` maps
+the segment without copying::
+
+    import numpy as np, allcores
+
+    data = allcores.share(np.random.rand(100_000_000))           # 800 MB, copied once
+
+    def part_sum(args):
+        handle, lo, hi = args
+        return handle.array[lo:hi].sum()                         # a view, no copy
+
+    total = sum(allcores.map(part_sum, [(data, i, i + 10**7) for i in range(0, 10**8, 10**7)]))
+
+Rules:
+
+* **Read-only by default.** Tasks get a read-only view; writing raises numpy's
+  ``ValueError: assignment destination is read-only``. Pass ``writable=True`` (or create an
+  output with :meth:`SharedArray.empty` / :meth:`SharedArray.zeros`) to let tasks write.
+* **Writable arrays: disjoint slices, no locking.** Each task writes its own slice; nothing
+  stops two tasks writing the same element (the last write wins, torn values are possible for
+  overlapping multi-element writes). Writes are visible to the parent once the task has
+  returned (its result reaching the parent orders them).
+* **Lifetime.** The process that created the handle owns the segment. ``handle.close()``,
+  leaving its ``with`` block, garbage collection of the handle, or interpreter exit (also after
+  Ctrl-C) unlinks the name; views already made stay valid until dropped. A worker crash never
+  leaks a segment (workers only map, never own). If the owner is SIGKILLed, the next pool start
+  removes the segment (``sweep_stale``). Works under fork, spawn and forkserver alike.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from allcores._engine import shm
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["SharedArray", "share"]
+
+# Segments of shares are named allcores-<pid>-s<n> (transport messages: allcores-<pid>-<n>).
+_SHARE_TAG = "s"
+
+# Maps already open in this process, by segment name, so that many tasks in one worker that
+# receive the same handle map it once. Weak: the map closes when no handle or array uses it,
+# so a long-lived worker never pins memory that the owner has freed.
+_open_maps: weakref.WeakValueDictionary[tuple[str, bool], mmap.mmap] = weakref.WeakValueDictionary()
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy is in every extra that uses this
+        raise ImportError(
+            "SharedArray.array needs numpy: pip install 'allcores[numpy]' "
+            "(or use handle.buffer for a memoryview)"
+        ) from None
+    return numpy
+
+
+def _is_ndarray(obj: Any) -> bool:
+    np = sys.modules.get("numpy")  # never import numpy just to ask
+    return np is not None and isinstance(obj, np.ndarray)
+
+
+def _release(name: str, owner_pid: int) -> None:
+    # A forked child inherits the owner's handle object (and this finalizer): only the owner
+    # may unlink, or a child dropping its copy would pull the segment from under the parent.
+    if os.getpid() == owner_pid:
+        shm.discard([name])
+
+
+class SharedArray:
+    """A numpy array (or bytes) in shared memory; pickles as a reference, maps without copying.
+
+    Make one with :func:`share` (copies an existing array in once) or :meth:`empty` /
+    :meth:`zeros` (an output that tasks fill). In any process, ``.array`` (also
+    ``np.asarray(handle)``, ``handle[i]``, ``len(handle)``) is a view on the shared pages.
+
+    Example::
+
+        out = allcores.SharedArray.zeros((16, 1000))             # writable output
+        def fill(i):
+            out.array[i] = i                                     # each task its own row
+        allcores.map(fill, range(16))
+        assert out.array[15, 0] == 15                            # seen by the parent
+        out.close()
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_dtype",
+        "_finalizer",
+        "_map",
+        "_name",
+        "_owner_pid",
+        "_shape",
+        "_writable",
+    )
+
+    def __init__(
+        self, name: str, dtype: Any, shape: tuple[int, ...], writable: bool, owner_pid: int
+    ) -> None:
+        # Private: use share(), SharedArray.empty() or SharedArray.zeros().
+        self._name = name
+        self._dtype = dtype  # a numpy dtype, or None for a share of bytes
+        self._shape = tuple(shape)
+        self._writable = writable
+        self._owner_pid = owner_pid
+        self._map: mmap.mmap | None = None
+        self._closed = False
+        self._finalizer: weakref.finalize | None = None
+        if owner_pid == os.getpid():
+            # Runs on close(), on garbage collection, and at interpreter exit (atexit), so a
+            # normal exit or Ctrl-C in the owner leaves nothing in /dev/shm.
+            self._finalizer = weakref.finalize(self, _release, name, owner_pid)
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def empty(
+        cls, shape: int | tuple[int, ...], dtype: Any = float, *, writable: bool = True
+    ) -> SharedArray:
+        """A new shared array for tasks to fill (writable by default).
+
+        Shared memory starts as zero pages, so ``empty`` is ``zeros`` at no extra cost.
+
+        Example::
+
+            out = allcores.SharedArray.empty((1000, 3), "float32")
+        """
+        np = _numpy()
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError(_OBJECT_DTYPE_MSG.format(dt))
+        shp = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        nbytes = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
+        name, fd = shm.new_segment(nbytes, tag=_SHARE_TAG)
+        os.close(fd)
+        return cls(name, dt, shp, writable, os.getpid())
+
+    @classmethod
+    def zeros(
+        cls, shape: int | tuple[int, ...], dtype: Any = float, *, writable: bool = True
+    ) -> SharedArray:
+        """A new zero-filled shared array (see :meth:`empty`)."""
+        return cls.empty(shape, dtype, writable=writable)
+
+    # ----------------------------------------------------------------- access
+
+    @property
+    def name(self) -> str:
+        """The segment's name in /dev/shm (while open)."""
+        return self._name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _numpy().dtype("u1") if self._dtype is None else self._dtype
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self._shape:
+            n *= s
+        return n * (1 if self._dtype is None else self._dtype.itemsize)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _mapped(self) -> mmap.mmap | None:
+        if self._map is not None:
+            return self._map
+        if self._closed:
+            raise ValueError(f"SharedArray {self._name!r} is closed")
+        nbytes = self.nbytes
+        if nbytes == 0:
+            return None  # mmap cannot map zero bytes; the views below are empty
+        key = (self._name, self._writable)
+        mm = _open_maps.get(key)
+        if mm is None:
+            try:
+                fd = os.open(
+                    shm.segment_path(self._name), os.O_RDWR if self._writable else os.O_RDONLY
+                )
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"shared array {self._name!r} no longer exists: its owner (pid "
+                    f"{self._owner_pid}) closed it or exited. Keep the handle open (e.g. a "
+                    "`with` block around the map) until every task that uses it has finished."
+                ) from None
+            try:
+                access = mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ
+                mm = mmap.mmap(fd, nbytes, access=access)
+            finally:
+                os.close(fd)
+            _open_maps[key] = mm
+        self._map = mm
+        return mm
+
+    @property
+    def array(self) -> np.ndarray:
+        """A numpy view on the shared pages (read-only unless the share is writable)."""
+        np = _numpy()
+        mm = self._mapped()
+        if mm is None:
+            arr = np.empty(self._shape, self.dtype)
+        else:
+            arr = np.frombuffer(mm, dtype=self.dtype, count=self.nbytes // self.dtype.itemsize)
+            arr = arr.reshape(self._shape)
+        if not self._writable:
+            arr.flags.writeable = False
+        return arr
+
+    @property
+    def buffer(self) -> memoryview:
+        """A flat memoryview of the bytes (no numpy needed); read-only unless writable."""
+        mm = self._mapped()
+        view = memoryview(b"") if mm is None else memoryview(mm)
+        return view if self._writable else view.toreadonly()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self.array
+        if dtype is not None and arr.dtype != dtype:
+            return arr.astype(dtype)
+        return arr.copy() if copy else arr
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if not self._writable:
+            raise ValueError(
+                "this SharedArray is read-only: create it with share(arr, writable=True) or "
+                "SharedArray.empty(...) to let tasks write into it"
+            )
+        self.array[key] = value
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d SharedArray")
+        return self._shape[0]
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.buffer)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("writable" if self._writable else "read-only")
+        dt = "bytes" if self._dtype is None else str(self._dtype)
+        return f"<SharedArray {self._name} shape={self._shape} dtype={dt} {state}>"
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Free the segment (owner) or drop this process's map of it (anyone else).
+
+        Arrays already taken from ``.array`` stay valid: the memory goes away with the last
+        view. Closing twice is fine.
+        """
+        self._closed = True
+        self._map = None
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> SharedArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self._closed:
+            raise ValueError(f"cannot send closed SharedArray {self._name!r} to a task")
+        return (_attach, (self._name, self._dtype, self._shape, self._writable, self._owner_pid))
+
+
+def _attach(
+    name: str, dtype: Any, shape: tuple[int, ...], writable: bool, owner_pid: int
+) -> SharedArray:
+    # Mapping is lazy: a task that receives a handle but never reads it costs no syscall.
+    return SharedArray(name, dtype, shape, writable, owner_pid)
+
+
+_OBJECT_DTYPE_MSG = (
+    "cannot share an array of dtype {0}: it holds pointers to Python objects that only mean "
+    "something in one process. Convert it to a fixed-size dtype first (numbers, fixed-length "
+    "strings such as 'U20'), or pass it to tasks as an ordinary argument."
+)
+
+
+def share(obj: Any, writable: bool = False) -> SharedArray:
+    """Copy a numpy array (or bytes-like) once into shared memory; return a :class:`SharedArray`.
+
+    The handle travels to tasks as a tiny reference; ``handle.array`` in a task is a view on
+    the same pages, read-only unless ``writable=True``.
+
+    Example::
+
+        table = allcores.share(np.load("big.npy"))
+        allcores.map(lambda i: table.array[i].sum(), range(len(table)))
+        table.close()            # or `with allcores.share(...) as table:`
+    """
+    if isinstance(obj, SharedArray):
+        return obj
+    if _is_ndarray(obj):
+        np = sys.modules["numpy"]
+        if obj.dtype.hasobject:
+            raise TypeError(_OBJECT_DTYPE_MSG.format(obj.dtype))
+        arr = np.ascontiguousarray(obj)
+        flat: memoryview = memoryview(arr.reshape(-1).view(np.uint8))
+        dtype, shape = arr.dtype, arr.shape
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        flat = memoryview(obj).cast("B") if isinstance(obj, memoryview) else memoryview(obj)
+        dtype, shape = None, (flat.nbytes,)
+    else:
+        raise TypeError(
+            f"share() takes a numpy array or a bytes-like object, not {type(obj).__name__}. "
+            "Convert it with numpy.asarray(...) first; other objects can be passed to tasks "
+            "as ordinary arguments (big buffers inside them travel through shared memory "
+            "automatically)."
+        )
+    name, fd = shm.new_segment(tag=_SHARE_TAG)
+    try:
+        try:
+            shm.write_all(fd, flat)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shm.discard([name])
+        raise
+    return SharedArray(name, dtype, shape, writable, os.getpid())
