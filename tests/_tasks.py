@@ -133,3 +133,25 @@ def read_state(_):
 
 def failing_initializer():
     raise OSError("initializer could not open its resource")
+
+
+def limit_memory(max_bytes):
+    """Initializer: cap the worker's address space, so an unbounded allocation fails safely."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
+
+_hoard = []
+
+
+def grow(x, mib=40):
+    """Keep memory alive in the worker, so its resident size climbs with each item."""
+    _hoard.append(bytearray(mib << 20))
+    return os.getpid()
+
+
+def announce_then_sleep(x):
+    print(f"running {x}", flush=True)
+    time.sleep(30)
+    return x

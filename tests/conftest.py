@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 
@@ -23,6 +24,16 @@ def _infrastructure(proc: psutil.Process) -> bool:
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
     return any(name in cmdline for name in _INFRASTRUCTURE)
+
+
+def _ours(name: str) -> bool:
+    """Whether a segment may be this test's: made by this process, or by one no longer running.
+
+    A segment name carries its creator's pid; one of another live process (a second test run on
+    the same machine) is not this test's leak.
+    """
+    pids = [int(n) for n in re.findall(r"\d+", name)]
+    return not pids or os.getpid() in pids or not any(psutil.pid_exists(p) for p in pids)
 
 
 def _shm_entries() -> set[str]:
@@ -50,12 +61,12 @@ def no_leaks(request):
     _, alive = psutil.wait_procs(children, timeout=LEAK_GRACE_SECONDS)
     leaked_threads = []
     for thread in set(threading.enumerate()) - threads_before:
-        if thread.name.startswith("TMonitor"):  # tqdm's monitor, one per session
+        if type(thread).__name__ == "TMonitor":  # tqdm's monitor, one per session
             continue
         thread.join(LEAK_GRACE_SECONDS)
         if thread.is_alive():
             leaked_threads.append(thread.name)
-    leaked_shm = _shm_entries() - shm_before
+    leaked_shm = {n for n in _shm_entries() - shm_before if _ours(n)}
     for proc in alive:
         try:
             proc.kill()

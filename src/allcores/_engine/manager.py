@@ -248,24 +248,27 @@ class Manager:
         return len(handle.in_flight) < PREFETCH
 
     def _next_chunk_for(self, handle: WorkerHandle) -> Chunk | None:
-        for _ in range(len(self._feedable)):
+        skipped = 0  # jobs passed over for now; once every job was, nothing fits this worker
+        while self._feedable and skipped < len(self._feedable):
             job = self._feedable[0]
             if job.finished or (job.exhausted and not job.pending):
                 self._feedable.popleft()
+                if job.maybe_finish():
+                    self._finish_job(job)
                 continue
-            if not job.can_feed():
-                self._feedable.rotate(-1)  # back-pressured: let other jobs go first
+            if (
+                not job.can_feed()  # back-pressured: the caller has not taken its results
+                or (job.timeout is not None and handle.in_flight)  # a timed item runs alone
+                # one probe per worker until the job's cost is known
+                or (not job.sizer.learned and any(c.job is job for c in handle.in_flight))
+            ):
+                self._feedable.rotate(-1)
+                skipped += 1
                 continue
-            if job.timeout is not None and handle.in_flight:
-                return None
-            if not job.sizer.learned and any(c.job is job for c in handle.in_flight):
-                return None  # one probe per worker until the job's cost is known
             chunk = job.next_chunk()
-            if job.finished:
-                self._finish_job(job)
             if chunk is not None:
                 return chunk
-            if job.maybe_finish():
+            if job.maybe_finish():  # a cancelled future, or an input that just ran out
                 self._finish_job(job)
         return None
 
