@@ -10,9 +10,8 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import allcores
-from allcores.errors import PoolClosedError, WorkerCrashedError
-
 from _tasks import add, double, exit_on, fail_on, kw, sleep_then
+from allcores.errors import PoolClosedError, WorkerCrashedError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,13 +17,6 @@ import psutil
 import pytest
 
 import allcores
-from allcores.errors import (
-    ArgumentPicklingError,
-    ResultPicklingError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
-
 from _tasks import (
     Unpicklable,
     UnpicklableInWorker,
@@ -39,6 +32,12 @@ from _tasks import (
     segfault_on,
     sigkill_on,
     spin,
+)
+from allcores.errors import (
+    ArgumentPicklingError,
+    ResultPicklingError,
+    TaskTimeoutError,
+    WorkerCrashedError,
 )
 
 pytestmark = pytest.mark.timeout(60)

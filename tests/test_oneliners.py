@@ -10,9 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import allcores
-from allcores._engine.cpu import cpu_count
-
 from _tasks import add, double, sleep_then
+from allcores._engine.cpu import cpu_count
 
 pytestmark = pytest.mark.timeout(60)
 
