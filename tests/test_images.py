@@ -455,3 +455,42 @@ def test_a_worker_that_dies_fails_only_its_image(src, tmp_path):
     assert [f.path for f in failures] == ["cats/boom.jpg"]
     assert "worker process died" in failures[0].reason
     assert sum(o.status == "done" for o in outcomes.values()) == 9
+
+
+def odd_inputs(folder):
+    """Small images in the modes real folders hold besides RGB."""
+    a = (np.arange(40 * 60).reshape(40, 60) * 27 % 65535).astype(np.uint16)
+    Image.fromarray(a).save(folder / "deep.png")  # I;16
+    Image.new("CMYK", (60, 40), (10, 200, 30, 0)).save(folder / "print.jpg")
+    Image.new("LA", (60, 40), (100, 128)).save(folder / "grey_alpha.png")
+    Image.new("1", (60, 40), 1).save(folder / "bits.png")
+    pal = Image.new("P", (60, 40), 3)
+    pal.save(folder / "pal.gif", transparency=3)
+    Image.new("F", (60, 40), 0.5).save(folder / "float.tif")
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("fmt", [None, "JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_every_mode_can_be_written_in_every_format(tmp_path, fmt):
+    names = odd_inputs(tmp_path)
+    for name in names:
+        out = tmp_path / f"out-{name}.{(fmt or 'same').lower()}"
+        outcome = run_one(tmp_path / name, out, size=(30, 30), format=fmt)
+        assert outcome.status == "done", (name, outcome)
+        with Image.open(out) as img:
+            img.load()
+            if fmt == "JPEG":
+                assert img.mode in ("L", "RGB", "CMYK")
+            if name == "deep.png" and fmt in (None, "PNG", "TIFF"):
+                assert img.mode == "I;16"  # 16 bits stay 16 bits where the format allows
+            if name == "float.tif" and fmt == "JPEG":
+                assert img.getextrema() == (127, 127)  # 0.5 of white, not clipped to 0
+
+
+def test_one_pixel_limit_with_one_message(tmp_path):
+    src = tmp_path / "big.png"
+    png_bomb(src, 3000, 3000)  # 9 Mpx: over 2x the limit, where Pillow would refuse it itself
+    outcome = run_one(src, tmp_path / "o.png", max_pixels=1_000_000)
+    assert outcome.status == "failed"
+    assert "3000x3000 = 9,000,000 pixels, over the limit of 1,000,000" in outcome.reason
+    assert Image.MAX_IMAGE_PIXELS == _steps.DEFAULT_MAX_PIXELS  # Pillow's limit put back

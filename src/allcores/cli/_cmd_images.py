@@ -132,7 +132,7 @@ def _handle(args: argparse.Namespace) -> int:
             progress=progress,
             **options,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad options, SRC missing, DST not writable
         print(f"allcores images: error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -357,8 +357,10 @@ def process(
                   int(max_pixels))
     src_real = os.path.realpath(os.fspath(src))
     dst_real = os.path.realpath(os.fspath(dst))
-    if not os.path.isdir(src_real):
+    if not os.path.exists(src_real):
         raise FileNotFoundError(f"source folder {os.fspath(src)!r} does not exist")
+    if not os.path.isdir(src_real):
+        raise NotADirectoryError(f"source {os.fspath(src)!r} is a file: give the folder")
     if src_real == dst_real:
         raise ValueError("DST must not be SRC: outputs would replace the originals")
     dataset_mode = steps.mode or "RGB"

@@ -139,17 +139,22 @@ def make_samples(
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     folder = os.fspath(folder)
-    for name in CLASSES:
-        os.makedirs(os.path.join(folder, name), exist_ok=True)
+    folders = [os.path.join(folder, name) for name in CLASSES]
+    for path in folders:
+        os.makedirs(path, exist_ok=True)
     todo = [
         (folder, i, seed)
         for i in range(count)
         if not os.path.exists(os.path.join(folder, *sample_name(i).split("/")))
     ]
     if todo:
+        from allcores.images._discover import sweep_temps
         from allcores.images._parallel import imap_unordered
 
-        for result in imap_unordered(_make_one, todo, workers):
-            if isinstance(result, BaseException):
-                raise result
+        try:
+            for result in imap_unordered(_make_one, todo, workers):
+                if isinstance(result, BaseException):
+                    raise result
+        finally:
+            sweep_temps(folders)  # what a Ctrl-C'd worker was writing
     return folder

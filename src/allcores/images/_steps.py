@@ -18,10 +18,12 @@ run of ten thousand.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +92,9 @@ _ORIENTATION_TAG = 0x0112
 #: Modes each output format can hold; anything else is converted first (see _fit_format).
 _FORMAT_MODES: dict[str, frozenset[str]] = {
     "JPEG": frozenset({"L", "RGB", "CMYK"}),
-    "PNG": frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}),
+    "PNG": frozenset({"1", "L", "LA", "I;16", "P", "RGB", "RGBA"}),  # 32-bit I: no
     "WEBP": frozenset({"RGB", "RGBA"}),
-    "BMP": frozenset({"1", "L", "P", "RGB", "RGBA"}),
+    "BMP": frozenset({"1", "L", "P", "RGB"}),  # most readers ignore a BMP's alpha
     "GIF": frozenset({"1", "L", "P", "RGB", "RGBA"}),  # Pillow quantises RGB(A) itself
     "TIFF": frozenset({"1", "L", "LA", "I", "I;16", "F", "P", "RGB", "RGBA", "CMYK"}),
 }
@@ -278,7 +280,7 @@ def _drop_alpha(img: Image.Image) -> Image.Image:
 def _working_mode(img: Image.Image) -> Image.Image:
     """Bring odd modes to ones the LANCZOS filter handles (it treats P and 1 as NEAREST)."""
     mode = img.mode
-    if mode in ("RGB", "L", "RGBA", "LA", "I", "F", "I;16", "CMYK"):
+    if mode in ("RGB", "L", "RGBA", "LA", "I", "F", "CMYK"):
         return img
     if mode == "1":
         return img.convert("L")
@@ -286,13 +288,15 @@ def _working_mode(img: Image.Image) -> Image.Image:
         has_alpha = mode == "PA" or "transparency" in img.info
         return img.convert("RGBA" if has_alpha else "RGB")
     if mode.startswith("I;16"):
-        return img.convert("I")
+        return img.convert("I")  # reduce() (the resize fast path) refuses I;16
     return img.convert("RGB")  # YCbCr, LAB, HSV, RGBX, RGBa, La...
 
 
 def _to_8bit_l(img: Image.Image) -> Image.Image:
     """16/32-bit greyscale to 8-bit by scaling, not by Pillow's clip at 255."""
     if img.mode == "F":
+        if img.getextrema()[1] <= 1.0:  # float images usually hold 0.0-1.0
+            img = img.point(lambda v: v * 255)
         return img.convert("L")
     img = img.convert("I")
     if img.getextrema()[1] > 255:
@@ -320,6 +324,8 @@ def _fit_format(img: Image.Image, fmt: str) -> Image.Image:
     allowed = _FORMAT_MODES.get(fmt)
     if allowed is None or img.mode in allowed:
         return img
+    if img.mode == "I" and "I;16" in allowed:
+        return img.convert("I;16")  # 16-bit PNG: keep the depth a PNG can hold
     if img.mode in ("RGBA", "LA", "PA"):
         return _to_mode(img, "RGBA" if "RGBA" in allowed else "RGB" if img.mode != "LA" else "L")
     if img.mode in ("I", "F", "I;16"):
@@ -359,6 +365,7 @@ def transform(img: Image.Image, steps: Steps, fmt: str) -> Image.Image:
             # on photos. draft() keeps at least the requested size, so quality holds.
             img.draft(img.mode, _draft_request(img.size, box, steps.resize))
     img.load()
+    loaded_mode = img.mode
     img = _working_mode(img)
     if steps.mode == "L" and img.mode != "L":
         img = _to_mode(img, "L")  # fewer channels to resample
@@ -368,6 +375,8 @@ def transform(img: Image.Image, steps: Steps, fmt: str) -> Image.Image:
         img = img.transpose(transpose)
     if steps.mode is not None:
         img = _to_mode(img, steps.mode)
+    elif loaded_mode.startswith("I;16") and img.mode == "I":
+        img = img.convert("I;16")  # back to 16 bits (clipping LANCZOS overshoot)
     return _fit_format(img, fmt)
 
 
@@ -397,7 +406,7 @@ def write_atomic(out: str, data: bytes) -> None:
     """Write ``data`` to ``out`` through a temporary name, so ``out`` is whole or absent."""
     tmp = temp_name(out)
     try:
-        # O_EXCL | O_NOFOLLOW: never write through a planted symbolic link.
+        # O_NOFOLLOW: never write through a symbolic link planted at the temporary name.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -476,6 +485,8 @@ def describe_error(exc: BaseException, src: str) -> str:
         return "not an image, or a format Pillow cannot read"
     if isinstance(exc, _WriteError):
         return f"cannot write the output: {exc}"
+    if isinstance(exc, _EncodeError):
+        return str(exc)
     if isinstance(exc, FileNotFoundError) and os.path.islink(src):
         return "unreadable: broken symbolic link"
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT,
@@ -501,6 +512,23 @@ class _WriteError(Exception):
     pass
 
 
+class _EncodeError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _pixel_limit() -> Iterator[None]:
+    """Pillow's own bomb check off while ours (the same test, right after the header is read,
+    before any decoding) is in force: one limit, one message. Put back afterwards: the worker
+    may run other people's tasks next."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def process_one(job: Job, item: Item) -> Outcome:
     """Do one image. Never raises for a bad image; returns its :class:`Outcome`."""
     steps = job.steps
@@ -512,7 +540,7 @@ def process_one(job: Job, item: Item) -> Outcome:
         fmt = output_format(item.src, steps)
         # Pillow's own warnings (odd EXIF, DecompressionBombWarning) must not turn into
         # failures under `-W error`; the pixel limit below is the check that counts.
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pixel_limit():
             warnings.simplefilter("ignore")
             if os.stat(item.src).st_size == 0:
                 raise _EmptyError()
@@ -526,7 +554,10 @@ def process_one(job: Job, item: Item) -> Outcome:
                 result = transform(img, steps, fmt)
                 # encode inside the block: closing the file may free a returned-as-is image
                 icc = _icc_for(src_mode, result.mode, img.info)
-                data = encode(result, fmt, steps, icc)
+                try:
+                    data = encode(result, fmt, steps, icc)
+                except Exception as exc:
+                    raise _EncodeError(f"cannot write it as {fmt} ({result.mode}): {exc}")
         try:
             write_atomic(item.out, data)
         except OSError as exc:

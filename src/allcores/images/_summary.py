@@ -84,6 +84,9 @@ class Summary:
             f"{self.failed} failed in {self.seconds:.2f} s "
             f"({self.images_per_second:.1f} images/s on {self.workers} workers)",
         ]
+        if self.found == 0:
+            lines.append(f"  no images under {self.src} (looked for .jpg .jpeg .png .webp "
+                         ".tif .tiff .bmp .gif)")
         if self.speedup is not None and self.serial_seconds is not None:
             lines.append(
                 f"  one core: {self.serial_seconds:.2f} s for the same images; "
