@@ -450,11 +450,11 @@ def test_a_worker_that_dies_fails_only_its_image(src, tmp_path):
     dst.mkdir()
     found = _discover.discover(str(src), exclude=[])
     plan = _run._plan(found, str(src), str(dst), Steps(size=(32, 32)), with_rows=False)
-    outcomes, failures, _ = _run._execute(Job(Steps(size=(32, 32))), plan, 2, False,
-                                          per_image=die_on_boom)
-    assert [f.path for f in failures] == ["cats/boom.jpg"]
-    assert "worker process died" in failures[0].reason
-    assert sum(o.status == "done" for o in outcomes.values()) == 9
+    ran = _run._execute(Job(Steps(size=(32, 32))), plan, 2, False, per_image=die_on_boom)
+    assert [f.path for f in ran.failures] == ["cats/boom.jpg"]
+    assert "worker process died" in ran.failures[0].reason
+    assert "exited with status 3" in ran.failures[0].reason
+    assert (ran.count(_run._DONE), ran.count(_run._FAILED)) == (9, 1)
 
 
 def odd_inputs(folder):

@@ -208,6 +208,25 @@ def _plan(
     return plan
 
 
+_DONE, _SKIPPED, _FAILED = 1, 2, 3  # per-image status codes (0: no answer yet)
+_CODES = {"done": _DONE, "skipped": _SKIPPED, "failed": _FAILED}
+
+
+class _Ran:
+    """What a run did: one status byte per image (a million images cost 1 MB), the failures."""
+
+    def __init__(self, count: int):
+        self.status = bytearray(count)
+        self.failures: list[ImageFailure] = []
+        self.seconds = 0.0
+
+    def count(self, code: int) -> int:
+        return self.status.count(code)
+
+    def indexes(self, code: int) -> list[int]:
+        return [i for i, c in enumerate(self.status) if c == code]
+
+
 def _execute(
     job: Job,
     plan: _Plan,
@@ -215,13 +234,13 @@ def _execute(
     progress: bool,
     serial: bool = False,
     per_image: Callable[[Job, Item], Outcome] = process_one,
-) -> tuple[dict[int, Outcome], list[ImageFailure], float]:
-    """Run the plan; returns outcomes by index, the failures and the seconds it took.
+) -> _Ran:
+    """Run the plan on ``workers`` processes (or in this one, ``serial=True``).
 
     ``per_image`` is a seam for the tests (a function that kills its worker on one image).
     """
     fn = functools.partial(per_image, job)
-    outcomes: dict[int, Outcome] = {}
+    ran = _Ran(len(plan.items))
     crashes: list[BaseException] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
     bar = _Progress(len(plan.items), progress)
@@ -235,8 +254,12 @@ def _execute(
                 crashes.append(result)
                 counts["failed"] += 1
             else:
-                outcomes[result.index] = result
+                ran.status[result.index] = _CODES[result.status]
                 counts[result.status] += 1
+                if result.status == "failed":
+                    ran.failures.append(
+                        ImageFailure(plan.rels[result.index], result.reason, result.error)
+                    )
             bar.update(counts["done"], counts["skipped"], counts["failed"])
     except KeyboardInterrupt:
         # Ctrl-C may land here rather than inside the engine's iterator; hand it in, so the
@@ -254,22 +277,17 @@ def _execute(
         if close is not None:
             close()  # an interrupted imap stops feeding work to the pool
         _discover.sweep_temps(plan.folders)
-    seconds = time.perf_counter() - start
-    failures = [
-        ImageFailure(plan.rels[o.index], o.reason, o.error)
-        for o in outcomes.values()
-        if o.status == "failed"
-    ]
-    missing = [i for i in range(len(plan.items)) if i not in outcomes]
+    ran.seconds = time.perf_counter() - start
+    missing = ran.indexes(0)
     if missing:
         # only a dead worker leaves an item unanswered; its error names the cause
         cause = "; ".join(sorted({_crash_cause(c) for c in crashes})) or "no answer"
         for i in missing:
-            failures.append(ImageFailure(
+            ran.failures.append(ImageFailure(
                 plan.rels[i], f"the worker process died on it ({cause})", "WorkerCrashedError",
             ))
-            outcomes[i] = Outcome(i, "failed", "worker died", "WorkerCrashedError")
-    return outcomes, failures, seconds
+            ran.status[i] = _FAILED
+    return ran
 
 
 def _crash_cause(exc: BaseException) -> str:
@@ -298,9 +316,8 @@ def _serial_comparison(
                                  dataset_size, dataset_mode)
             target = ds.target
         # the same per-image work the workers did, timed the same way (the loop only)
-        _, _, seconds = _execute(Job(steps, target, force=True), scratch_plan, 1, False,
-                                 serial=True)
-        return seconds
+        return _execute(Job(steps, target, force=True), scratch_plan, 1, False,
+                        serial=True).seconds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -395,7 +412,7 @@ def process(
         ds_plan = _dataset.create(final, plan.rels, steps.size, dataset_mode)
     job = Job(steps, ds_plan.target if ds_plan else None, force=not resume)
     try:
-        outcomes, failures, loop_seconds = _execute(job, plan, int(workers), progress)
+        ran = _execute(job, plan, int(workers), progress)
     except BaseException:
         if ds_plan is not None:
             _dataset.discard(ds_plan)
@@ -405,11 +422,10 @@ def process(
 
     dataset_path = dataset_shape = None
     if ds_plan is not None:
-        failed_rows = {i for i, o in outcomes.items() if o.status == "failed"}
-        dataset_shape = _dataset.finish(ds_plan, failed_rows)
+        dataset_shape = _dataset.finish(ds_plan, set(ran.indexes(_FAILED)))
         dataset_path = ds_plan.final
 
-    failures = sorted(plan.failures + failures, key=lambda f: f.path)
+    failures = sorted(plan.failures + ran.failures, key=lambda f: f.path)
     failures_path = os.path.join(dst_real, FAILURES_FILE)
     if failures:
         _write_json(failures_path, [
@@ -418,20 +434,19 @@ def process(
     elif os.path.isfile(failures_path):
         os.unlink(failures_path)  # the last run's list no longer holds
 
-    done = sum(1 for o in outcomes.values() if o.status == "done")
-    skipped = sum(1 for o in outcomes.values() if o.status == "skipped")
+    done = ran.count(_DONE)
+    skipped = ran.count(_SKIPPED)
     serial_seconds = speedup = None
     if compare_serial:
-        redo = [i for i, o in sorted(outcomes.items()) if o.status != "skipped"]
+        redo = [i for i, c in enumerate(ran.status) if c != _SKIPPED]
         if redo:
             sub = _Plan()
             sub.items = [plan.items[i] for i in redo]
             sub.rels = [plan.rels[i] for i in redo]
-            parallel_seconds = loop_seconds
             serial_seconds = _serial_comparison(
                 sub, steps, dst_real, src_real, steps.size if dataset else None, dataset_mode
             )
-            speedup = serial_seconds / parallel_seconds if parallel_seconds > 0 else None
+            speedup = serial_seconds / ran.seconds if ran.seconds > 0 else None
     seconds = time.perf_counter() - started - (serial_seconds or 0.0)
     return Summary(
         src=src_real,
