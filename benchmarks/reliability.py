@@ -16,7 +16,7 @@ Probes (2 workers everywhere; allcores runs with ``on_error="collect"``):
            watches its worker's pid, so "cut" is observed, not assumed
   sigint   SIGINT sent to the process group (what Ctrl-C in a terminal does) while a map of
            3 s tasks runs: seconds until the process is gone, workers left behind, and new
-           entries in /dev/shm (other users of the machine can add entries too: read with care)
+           entries in /dev/shm (entries named with another process's pid are left out)
   lambda   a lambda as the function
   lock     a ``threading.Lock`` as an argument
 After the crash probes, each pool is asked for one more small map: "pool usable" or not.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -438,6 +439,16 @@ def _shm() -> set[str]:
         return set()
 
 
+def _maybe_ours(name: str, pids: set[int]) -> bool:
+    """Whether a new /dev/shm entry may come from the probe, not from another user of the machine.
+
+    Names that carry a pid (``allcores-<pid>-...``, ``joblib_memmapping_folder_<pid>_...``) are
+    ours only with one of our pids; names without a number that could be a pid are counted.
+    """
+    numbers = [int(t) for t in re.findall(r"\d+", name) if len(t) >= 3]
+    return not numbers or any(n in pids for n in numbers)
+
+
 def run_probe(probe: str, system_key: str, limit: float) -> dict[str, Any]:
     """Run one probe in a fresh process; return its events plus what the parent observed."""
     with tempfile.TemporaryDirectory(prefix="allcores-rel-") as tmp:
@@ -475,7 +486,10 @@ def run_probe(probe: str, system_key: str, limit: float) -> dict[str, Any]:
                     time.sleep(LEFTOVER_GRACE_S)
                     left = {p for p in left | _group_members(proc.pid) if _pid_alive(p)}
                     observed["left_after_grace"] = len(left)
-                    observed["shm_new"] = sorted(_shm() - shm_before)
+                    new = sorted(_shm() - shm_before)
+                    ours = seen | {proc.pid}
+                    observed["shm_new"] = [n for n in new if _maybe_ours(n, ours)]
+                    observed["shm_foreign"] = [n for n in new if not _maybe_ours(n, ours)]
         else:
             while True:
                 try:
@@ -527,7 +541,7 @@ def render_cell(obs: dict[str, Any]) -> str:
         else:
             parts.append(
                 f"returns in {call['elapsed']:.2f} s with {call['innocent_ok']}/"
-                f"{call['innocent_total']} other results; failed item: {_err(call) or '?'}"
+                f"{call['innocent_total']} other results; failed item: {_err(call, 130) or '?'}"
             )
         reuse = events.get("reuse")
         if reuse is not None:
@@ -569,7 +583,8 @@ def render_cell(obs: dict[str, Any]) -> str:
         elif call.get("correct"):
             parts.append("works")
         elif call.get("n_errors"):
-            parts.append(f"each item fails: {_err(call, 70)}")
+            n = 10 if probe == "lambda" else 4
+            parts.append(f"{call['n_errors']}/{n} items fail: {_err(call, 70)}")
         else:
             parts.append("returns wrong results")
     return "; ".join(parts).replace("|", "/")
