@@ -11,6 +11,8 @@ import json
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -352,6 +354,21 @@ def test_never_writes_through_a_link_out_of_dst(src, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_link_planted_at_an_output_name_is_replaced_not_followed(src, tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    dst = tmp_path / "dst"
+    (dst / "dogs").mkdir(parents=True)
+    os.symlink(victim, dst / "dogs" / "grey.jpg")
+    summary = allcores.images.process(src, dst, size=32, workers=2)
+    assert summary.ok and summary.done == 9  # a link is never taken for a finished output
+    assert victim.read_text() == "keep me"
+    assert not os.path.islink(dst / "dogs" / "grey.jpg")
+    with Image.open(dst / "dogs" / "grey.jpg") as img:
+        assert img.size == (32, 24)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("suffix", [".npz", ".npy"])
 def test_dataset_rows_labels_and_names(src, tmp_path, suffix):
     (src / "bad").mkdir()
@@ -494,3 +511,15 @@ def test_one_pixel_limit_with_one_message(tmp_path):
     assert outcome.status == "failed"
     assert "3000x3000 = 9,000,000 pixels, over the limit of 1,000,000" in outcome.reason
     assert Image.MAX_IMAGE_PIXELS == _steps.DEFAULT_MAX_PIXELS  # Pillow's limit put back
+
+
+def test_a_killed_runs_dataset_file_is_swept(src, tmp_path):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60)
+    stale = dst / f".d.npy.{int(dead.stdout)}.tmp.npy"
+    stale.write_bytes(b"x" * 100)
+    summary = allcores.images.process(src, dst, size=16, dataset="d.npy", workers=2)
+    assert summary.dataset_shape == (9, 16, 16, 3)
+    assert not stale.exists()

@@ -128,7 +128,8 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(samples, tmp_path):
     # PNG output on one worker: slow enough per image that Ctrl-C lands in the middle
     proc = subprocess.Popen(
         [sys.executable, "-m", "allcores", "images", str(samples), str(dst),
-         "--size", "400", "--format", "png", "--progress", "--workers", "1"],
+         "--size", "400", "--format", "png", "--dataset", "d.npy", "--progress",
+         "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     seen = b""
@@ -152,14 +153,17 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(samples, tmp_path):
         with Image.open(dst / rel) as img:
             img.load()
 
+    assert not (dst / "d.npy").exists()  # the half-filled dataset was thrown away
     result = cli("images", samples, dst, "--size", "400", "--format", "png", "--json",
-                 "--workers", "2")
+                 "--dataset", "d.npy", "--workers", "2")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["skipped"] == len(finished)
     assert summary["done"] == SAMPLES - len(finished)
     assert len(outputs(dst)) == SAMPLES
     assert temps(dst) == []
+    assert summary["dataset_shape"] == [SAMPLES, 400, 400, 3]
+    assert len(json.loads((dst / "d.json").read_text())["names"]) == SAMPLES
 
 
 @pytest.mark.timeout(120)

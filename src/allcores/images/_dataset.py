@@ -46,6 +46,21 @@ def label_of(rel: str) -> str:
     return head if sep else ""
 
 
+def _sweep_stale(folder: str, name: str) -> None:
+    """Delete temporary arrays of killed runs (their pid is gone): they can be gigabytes."""
+    prefix = f".{name}."
+    for entry in os.scandir(folder):
+        if not (entry.name.startswith(prefix) and ".tmp.npy" in entry.name):
+            continue
+        try:
+            pid = int(entry.name[len(prefix):].split(".", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os.unlink(entry.path)
+        except (ValueError, OSError):
+            pass  # not ours, or a live run's
+
+
 def create(final: str, names: list[str], size: tuple[int, int], mode: str) -> DatasetPlan:
     """Lay out the temporary array file the workers will fill."""
     import numpy as np
@@ -54,6 +69,7 @@ def create(final: str, names: list[str], size: tuple[int, int], mode: str) -> Da
     shape = (len(names), height, width, len(mode))
     folder = os.path.dirname(os.path.abspath(final))
     os.makedirs(folder, exist_ok=True)
+    _sweep_stale(folder, os.path.basename(final))
     tmp = os.path.join(folder, f".{os.path.basename(final)}.{os.getpid()}.tmp.npy")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     offset = int(array.offset)
