@@ -523,3 +523,14 @@ def test_a_killed_runs_dataset_file_is_swept(src, tmp_path):
     summary = allcores.images.process(src, dst, size=16, dataset="d.npy", workers=2)
     assert summary.dataset_shape == (9, 16, 16, 3)
     assert not stale.exists()
+
+
+@pytest.mark.timeout(60)
+def test_force_redoes_everything_and_keeps_resume_trust(src, tmp_path):
+    dst = tmp_path / "dst"
+    allcores.images.process(src, dst, size=24, workers=2)
+    forced = allcores.images.process(src, dst, size=24, workers=2, force=True)
+    assert (forced.done, forced.skipped) == (9, 0)
+    manifest = json.loads((dst / ".allcores-images.json").read_text())
+    assert manifest == {"settings": {"size": [24, 24], "resize": "fit", "mode": None,
+                                     "format": None, "quality": 85}, "resume": True}

@@ -55,7 +55,13 @@ PROGRESS_MININTERVAL = 0.2
 
 
 def _check_options(
-    size: Any, resize: str, mode: str | None, format: str | None, quality: int, workers: Any
+    size: Any,
+    resize: str,
+    mode: str | None,
+    format: str | None,
+    quality: int,
+    workers: Any,
+    max_pixels: int,
 ) -> Steps:
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize={resize!r}: choose one of {', '.join(RESIZE_MODES)}")
@@ -76,12 +82,15 @@ def _check_options(
         raise ValueError(f"quality={quality!r} must be between 1 and 100")
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers={workers!r} must be at least 1")
+    if int(max_pixels) < 1:
+        raise ValueError(f"max_pixels={max_pixels!r} must be at least 1")
     return Steps(
         size=parse_size(size) if size is not None else None,
         resize=resize,
         mode=mode,
         format=fmt,
         quality=int(quality),
+        max_pixels=int(max_pixels),
     )
 
 
@@ -360,8 +369,8 @@ def process(
 
     Images already done (output newer than the source, made with the same steps) are skipped;
     bad images are listed in ``summary.failures`` and in ``dst/allcores-failures.json``
-    rather than raised. Raises ``ValueError`` for bad options and ``FileNotFoundError`` when
-    ``src`` is missing.
+    rather than raised. Raises ``ValueError`` for bad options, ``FileNotFoundError`` when
+    ``src`` is missing and ``NotADirectoryError`` when it is a file.
 
     >>> import allcores.images
     >>> summary = allcores.images.process("photos", "thumbs", size=256)  # doctest: +SKIP
@@ -369,9 +378,7 @@ def process(
     (1200, 0, 141.5)
     """
     started = time.perf_counter()
-    steps = _check_options(size, resize, mode, format, quality, workers)
-    steps = Steps(steps.size, steps.resize, steps.mode, steps.format, steps.quality,
-                  int(max_pixels))
+    steps = _check_options(size, resize, mode, format, quality, workers, max_pixels)
     src_real = os.path.realpath(os.fspath(src))
     dst_real = os.path.realpath(os.fspath(dst))
     if not os.path.exists(src_real):
@@ -395,12 +402,14 @@ def process(
     manifest_path = os.path.join(dst_real, MANIFEST_FILE)
     manifest = _load_manifest(manifest_path)
     settings = steps.settings()
-    # Trust existing outputs only if they were made with these steps by a run that finished,
-    # or by an interrupted run with these same steps.
-    resume = not force and (
-        manifest is None or (manifest.get("settings") == settings and manifest.get("resume"))
+    # Existing outputs can be trusted when every one of them was made with these steps: the
+    # manifest says so, and still will if this run is interrupted. After a change of steps the
+    # manifest says "not trusted" until a run has redone everything.
+    trusted = manifest is None or (
+        manifest.get("settings") == settings and bool(manifest.get("resume"))
     )
-    _write_json(manifest_path, {"settings": settings, "resume": resume})
+    resume = trusted and not force
+    _write_json(manifest_path, {"settings": settings, "resume": trusted})
 
     found = _discover.discover(src_real, exclude=[dst_real])
     plan = _plan(found, src_real, dst_real, steps, dataset is not None)
@@ -417,7 +426,7 @@ def process(
         if ds_plan is not None:
             _dataset.discard(ds_plan)
         raise
-    if not resume:
+    if not trusted:
         _write_json(manifest_path, {"settings": settings, "resume": True})
 
     dataset_path = dataset_shape = None
