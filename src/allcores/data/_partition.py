@@ -214,50 +214,93 @@ def read_partition(
 def _read_csv(part: Partition, columns: list[str] | None, dtype: dict[str, str] | None) -> Any:
     import pandas as pd
 
-    with open(part.file, "rb") as f:
-        f.seek(part.start)
-        data = f.read(part.end - part.start)
+    names = list(part.columns)
     with warnings.catch_warnings():
         # pandas only *warns* when the first row has too many fields (and drops them);
         # that is a malformed row to us.
         warnings.simplefilter("error", pd.errors.ParserWarning)
-        try:
-            if columns is not None and not _field_counts_plausible(data, len(part.columns)):
-                # usecols makes pandas ignore extra fields; read every column to find the row
-                pd.read_csv(
-                    io.BytesIO(data),
+        with open(part.file, "rb", buffering=0) as raw:
+            raw.seek(part.start)
+            counted = _CountingRange(raw, part.end - part.start)
+            try:
+                df = pd.read_csv(
+                    io.BufferedReader(counted, READ_BUFFER),
                     header=None,
-                    names=list(part.columns),
-                    dtype=str,
+                    names=names,
+                    usecols=columns,
+                    dtype=dtype,
                     index_col=False,
                 )
-            return pd.read_csv(
-                io.BytesIO(data),
-                header=None,
-                names=list(part.columns),
-                usecols=columns,
-                dtype=dtype,
-                index_col=False,
-            )
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-            raise malformed_row_error(part, data, str(exc)) from None
-        except (ValueError, TypeError) as exc:
-            if not dtype:
-                raise
-            error = _find_bad_value(part, data, columns, dtype)
-            if error is None:
-                raise
-            raise error from exc
+            except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+                raise malformed_row_error(part, _partition_bytes(part), str(exc)) from None
+            except (ValueError, TypeError) as exc:
+                if not dtype:
+                    raise
+                error = _find_bad_value(part, _partition_bytes(part), columns, dtype)
+                if error is None:
+                    raise
+                raise error from exc
+        if columns is not None and not counted.plausible(len(names)):
+            # usecols makes pandas skip extra fields silently: parse every column, which
+            # raises on a row with too many. Legal files land here too (quoted commas, blank
+            # lines); they pass, and the frame read above stands.
+            data = _partition_bytes(part)
+            try:
+                pd.read_csv(io.BytesIO(data), header=None, names=names, dtype=str, index_col=False)
+            except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+                raise malformed_row_error(part, data, str(exc)) from None
+    return df
 
 
-def _field_counts_plausible(data: bytes, fields: int) -> bool:
-    """Cheap check (two byte counts) that every line has ``fields`` fields.
+#: Bytes per read while streaming a partition into the parser: large enough that the
+#: per-call overhead vanishes, small enough to stay in cache (one big ``read()`` of a 20 MB
+#: partition costs ~10% more, in page faults on fresh memory).
+READ_BUFFER = 1 << 20
 
-    False also for legal files with quoted commas or blank lines: the caller then validates
-    the slow way, so this never lets a malformed row through.
+
+class _CountingRange(io.RawIOBase):
+    """Reads ``size`` bytes from ``raw`` and counts commas and line breaks on the way.
+
+    The counts tell whether every line has the header's number of fields (see
+    :meth:`plausible`) at ~3 ms per 20 MB, without keeping the partition's bytes around.
     """
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    return data.count(b",") == (fields - 1) * lines
+
+    def __init__(self, raw: Any, size: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._left = size
+        self.commas = 0
+        self.newlines = 0
+        self.last = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        import numpy as np
+
+        n = min(len(buffer), self._left)
+        if n <= 0:
+            return 0
+        got = self._raw.readinto(memoryview(buffer)[:n]) or 0
+        self._left -= got
+        if got:
+            chunk = np.frombuffer(buffer, dtype=np.uint8, count=got)
+            self.commas += int(np.count_nonzero(chunk == 44))
+            self.newlines += int(np.count_nonzero(chunk == 10))
+            self.last = bytes(chunk[-1:])
+        return got
+
+    def plausible(self, fields: int) -> bool:
+        """Whether commas == (fields - 1) x lines: false also for legal quoted commas."""
+        lines = self.newlines + (0 if self.last in (b"\n", b"") else 1)
+        return self.commas == (fields - 1) * lines
+
+
+def _partition_bytes(part: Partition) -> bytes:
+    with open(part.file, "rb") as f:
+        f.seek(part.start)
+        return f.read(part.end - part.start)
 
 
 def malformed_row_error(part: Partition, data: bytes, detail: str = "") -> DataError:

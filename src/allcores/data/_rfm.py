@@ -58,9 +58,32 @@ def rfm_partial(df: Any, part: Partition | None = None) -> Any:
     date = df["date"]
     if not pd.api.types.is_datetime64_any_dtype(date):
         date = _parse_dates(date, part)
-    frame = pd.DataFrame({"customer_id": df["customer_id"], "date": date, "amount": amount})
-    return frame.groupby("customer_id", sort=False).agg(
-        last=("date", "max"), frequency=("amount", "size"), monetary=("amount", "sum")
+    return _aggregate(df["customer_id"], date, amount)
+
+
+def _aggregate(customer: Any, date: Any, amount: Any) -> Any:
+    """last (max date), frequency (count) and monetary (sum) per customer, in numpy.
+
+    factorize + bincount + maximum.at is about 3x faster than ``groupby().agg`` with three
+    named aggregations, and this step is most of a worker's time after parsing.
+    """
+    import numpy as np
+    import pandas as pd
+
+    codes, keys = pd.factorize(customer)
+    k = len(keys)
+    dates = np.asarray(date)
+    last = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, codes, dates.view(np.int64))
+    return pd.DataFrame(
+        {
+            "last": last.view(dates.dtype),
+            "frequency": np.bincount(codes, minlength=k),
+            "monetary": np.bincount(
+                codes, weights=np.asarray(amount, dtype=np.float64), minlength=k
+            ),
+        },
+        index=pd.Index(keys, name="customer_id"),
     )
 
 
@@ -97,43 +120,76 @@ def rfm_finalize(partials: list[Any], as_of: Any = None) -> Any:
     kinds = {pd.api.types.is_numeric_dtype(p.index) for p in partials}
     if len(kinds) > 1:  # one partition held only numeric ids, another text ones
         partials = [p.set_axis(p.index.astype(str)) for p in partials]
-    combined = pd.concat(partials)
-    g = combined.groupby(level=0, sort=True).agg(
-        last=("last", "max"), frequency=("frequency", "sum"), monetary=("monetary", "sum")
+    # Merge the partials with numpy (a customer appears in many partitions). This runs in
+    # the parent while the workers wait, so it is kept lean: ~2x faster than groupby().agg.
+    keys = np.concatenate([p.index.to_numpy() for p in partials])
+    codes, customers = pd.factorize(keys)  # hashing; sorted below, on the k customers only
+    k = len(customers)
+    dates = np.concatenate([p["last"].to_numpy().astype("datetime64[s]") for p in partials])
+    last_s = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last_s, codes, dates.view(np.int64))
+    last = last_s.view("datetime64[s]")
+    counts = np.concatenate([p["frequency"].to_numpy() for p in partials])
+    frequency = np.bincount(codes, weights=counts, minlength=k).round().astype(np.int64)
+    spent = np.concatenate([p["monetary"].to_numpy() for p in partials])
+    monetary = np.bincount(codes, weights=spent, minlength=k)  # summed in partition order
+
+    as_of = (
+        np.datetime64(pd.Timestamp(as_of).to_datetime64(), "s")
+        if as_of is not None
+        else last.max() + np.timedelta64(1, "D")
     )
-    as_of = pd.Timestamp(as_of) if as_of is not None else g["last"].max() + pd.Timedelta(days=1)
-    recency = (as_of - g["last"]).dt.days.astype(np.int64)
+    recency = ((as_of - last) // np.timedelta64(1, "D")).astype(np.int64)
     r = _quantile_score(-recency)  # the most recent buyers score 5
-    f = _quantile_score(g["frequency"])
-    m = _quantile_score(g["monetary"])
-    table = np.array(SEGMENTS, dtype=object)
-    out = pd.DataFrame(
+    f = _quantile_score(frequency)
+    m = _quantile_score(monetary)
+    names = sorted({name for row in SEGMENTS for name in row})
+    grid = np.array([[names.index(name) for name in row] for row in SEGMENTS])
+    ids = np.asarray(customers)
+    order = np.argsort(ids, kind="stable")
+    return pd.DataFrame(
         {
-            "customer_id": g.index.to_numpy(),
-            "last_purchase": g["last"].dt.date.to_numpy(),
-            "recency_days": recency.to_numpy(),
-            "frequency": g["frequency"].to_numpy(np.int64),
-            "monetary": g["monetary"].round(2).to_numpy(),
-            "r_score": r,
-            "f_score": f,
-            "m_score": m,
-            "segment": table[r - 1, f - 1],
+            "customer_id": ids[order],
+            "last_purchase": last[order],
+            "recency_days": recency[order],
+            "frequency": frequency[order],
+            "monetary": np.round(monetary, 2)[order],
+            "r_score": r[order],
+            "f_score": f[order],
+            "m_score": m[order],
+            # a categorical: ten names, one small code per customer
+            "segment": pd.Categorical.from_codes(grid[r - 1, f - 1][order], categories=names),
         }
     )
-    out["segment"] = out["segment"].astype(str)
-    return out
 
 
 def _quantile_score(values: Any) -> Any:
     """1..5 by quintile of rank (5 = highest values); ties share a score.
 
-    ``1 + floor(5 * (rank - 0.5) / n)`` is the quintile for large n and stays symmetric for
-    small n (3 customers score 1, 3 and 5). Average ranks make it independent of row order.
+    ``1 + floor(5 * (rank - 0.5) / n)`` with average ranks is the quintile for large n, stays
+    symmetric for small n (3 customers score 1, 3 and 5) and does not depend on row order.
+    Integer columns (days, counts) are ranked by counting, floats by one sort: this runs in
+    the parent, three times, while the workers wait.
     """
     import numpy as np
 
-    rank = values.rank(method="average").to_numpy()
-    score = 1 + np.floor(SCORES * (rank - 0.5) / len(rank))
+    v = np.asarray(values)
+    n = len(v)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if v.dtype.kind in "iu" and int(v.max()) - int(v.min()) <= 4 * n:
+        shifted = (v - v.min()).astype(np.int64)
+        counts = np.bincount(shifted)
+        below = np.cumsum(counts) - counts
+        rank = (below + (counts + 1) / 2.0)[shifted]
+    else:
+        order = np.argsort(v, kind="stable")
+        ordered = v[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        ends = np.r_[starts[1:], n]
+        rank = np.empty(n)
+        rank[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+    score = 1 + np.floor(SCORES * (rank - 0.5) / n)
     return np.clip(score, 1, SCORES).astype(np.int64)
 
 
