@@ -360,7 +360,7 @@ def transform(img: Image.Image, steps: Steps, fmt: str) -> Image.Image:
     box = None
     if steps.size is not None:
         box = (steps.size[1], steps.size[0]) if turned else steps.size
-        if img.format == "JPEG":
+        if img.format in ("JPEG", "MPO"):  # MPO: camera JPEGs with a second frame
             # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: the biggest single saving
             # on photos. draft() keeps at least the requested size, so quality holds.
             img.draft(img.mode, _draft_request(img.size, box, steps.resize))
