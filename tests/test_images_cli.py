@@ -172,3 +172,14 @@ def test_demo_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "8 done" in result.stdout and "speedup" in result.stdout
     assert (tmp_path / "demo" / "dataset.npz").is_file()
+
+
+def test_the_command_line_imports_pillow_only_when_an_image_command_runs():
+    code = (
+        "import sys, allcores.cli\n"
+        "allcores.cli._build_parser()\n"
+        "print(sorted(m for m in ('PIL', 'numpy', 'tqdm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
