@@ -87,6 +87,21 @@ def try_write(handle):
     return "wrote"
 
 
+def map_id(handle):
+    return id(base_object(handle.array)), os.getpid()
+
+
+def forget_and_count(_):
+    import allcores.shared as shared
+
+    shared.forget_closed_maps()
+    return len(shared._maps)
+
+
+def give_back(handle):
+    return handle
+
+
 def write_then_die(out):
     out.array[:] = 7.0
     os.kill(os.getpid(), signal.SIGKILL)
@@ -199,6 +214,33 @@ def test_a_worker_killed_while_mapping_leaks_nothing(pool):
         assert out.name in segments()  # the owner's segment is untouched
     # and the pool goes on
     assert pool.apply(part_sum, ((share(np.ones(10)), 0, 10),)) == 10.0
+
+
+def test_a_copy_of_the_handle_in_the_owner_does_not_free_it():
+    h = share(np.ones(1000))
+    clone = pickle.loads(pickle.dumps(h))  # e.g. a handle that a task returned
+    clone.close()
+    del clone
+    gc.collect()
+    assert h.name in segments()
+    assert h.array.sum() == 1000.0
+    h.close()
+
+
+@pytest.mark.timeout(90)
+def test_workers_keep_one_map_per_share_and_drop_it_once_closed():
+    with allcores.Pool(1) as pool:
+        h = share(np.ones(100_000))
+        (a, pid1), (b, pid2) = pool.apply(map_id, (h,)), pool.apply(map_id, (h,))
+        assert pid1 == pid2 and a == b  # the second task reused the first one's map
+        returned = pool.apply(give_back, (h,))  # comes back as a non-owning copy
+        del returned
+        gc.collect()
+        assert pool.apply(forget_and_count, (0,)) == 1  # still open: kept
+        h.close()
+        assert pool.apply(forget_and_count, (0,)) == 0  # closed: let go
+        with pytest.raises(FileNotFoundError, match="closed it or exited"):
+            pool.apply(map_id, (SharedArray(h.name, h.dtype, h.shape, False, os.getpid()),))
 
 
 def test_forked_child_dropping_an_inherited_handle_does_not_unlink():
