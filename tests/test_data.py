@@ -59,7 +59,7 @@ def test_sample_is_deterministic_and_has_the_documented_columns(tmp_path, sample
 
 def test_sample_parquet_has_the_same_rows_in_row_groups(sample_csv, sample_parquet):
     meta = pq.ParquetFile(sample_parquet).metadata
-    assert meta.num_rows == 60_000 and meta.num_row_groups >= 1
+    assert meta.num_rows == 60_000 and meta.num_row_groups == 6  # 10,000-row minimum
     csv = pd.read_csv(sample_csv)
     par = pd.read_parquet(sample_parquet)
     assert (par["customer_id"].to_numpy() == csv["customer_id"].to_numpy()).all()

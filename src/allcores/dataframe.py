@@ -56,7 +56,7 @@ def apply(
 
         >>> import pandas as pd, allcores.dataframe as acdf
         >>> df = pd.DataFrame({"a": range(1000), "b": range(1000)})
-        >>> acdf.apply(df, lambda row: row["a"] * 2 + row["b"], axis=1).iloc[-1]
+        >>> int(acdf.apply(df, lambda row: row["a"] * 2 + row["b"], axis=1).iloc[-1])
         2997
     """
     import pandas as pd

@@ -97,6 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         print("allcores data: --workers must be at least 1", file=sys.stderr)
         return 2
+    import allcores
+
+    args.workers_used = args.workers or allcores.cpu_count()
     started = time.perf_counter()
     try:
         if args.sample is not None:
@@ -151,7 +154,7 @@ def _rfm(args: argparse.Namespace) -> dict[str, Any]:
         "rows": int(table["frequency"].sum()),
         "customers": len(table),
         "partitions": len(parts),
-        "workers": args.workers,
+        "workers": args.workers_used,
         "output": args.output,
         "segments": segments,
     }
@@ -192,7 +195,7 @@ def _apply(args: argparse.Namespace) -> dict[str, Any]:
         "analysis": args.apply,
         "reduce": args.reduce,
         "partitions": len(parts),
-        "workers": args.workers,
+        "workers": args.workers_used,
         "output": args.output,
     }
     if isinstance(result, pd.Series):

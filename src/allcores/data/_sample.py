@@ -13,8 +13,11 @@ SAMPLE_COLUMNS = ("customer_id", "date", "amount", "country", "channel")
 #: Rows generated per random stream (chunk k draws from SeedSequence(seed).spawn(...)[k]), so
 #: the file depends only on ``rows`` and ``seed``, and memory stays bounded for any size.
 SAMPLE_CHUNK_ROWS = 250_000
-#: Rows per Parquet row group: the unit a worker reads, so a 2-million-row file has 8.
+#: Rows per Parquet row group, the unit a worker reads: at most this many (a 2-million-row
+#: file has 8 groups), and at least 8 groups for smaller files down to MIN_ROW_GROUP rows each.
 SAMPLE_ROW_GROUP = 250_000
+MIN_ROW_GROUP = 10_000
+ROW_GROUPS_WANTED = 8
 #: Transactions per customer on average: close to public retail data sets (Online Retail
 #: has about 130), and enough for recency/frequency to spread customers over segments.
 ROWS_PER_CUSTOMER = 50
@@ -47,6 +50,7 @@ def write_sample(path: str | os.PathLike[str], rows: int, *, seed: int = 0) -> s
     p = os.fspath(path)
     customers = max(1, rows // ROWS_PER_CUSTOMER)
     parquet = p.lower().endswith((".parquet", ".pq", ".parq"))
+    group = max(MIN_ROW_GROUP, min(SAMPLE_ROW_GROUP, -(-rows // ROW_GROUPS_WANTED)))
     with atomic_output(p) as tmp, open(tmp, "wb") as sink:
         writer: Any = None
         try:
@@ -59,7 +63,7 @@ def write_sample(path: str | os.PathLike[str], rows: int, *, seed: int = 0) -> s
                 if writer is None:
                     writer = _open_writer(sink, table.schema, parquet)
                 if parquet:
-                    writer.write_table(table, row_group_size=SAMPLE_ROW_GROUP)
+                    writer.write_table(table, row_group_size=group)
                 else:
                     writer.write_table(table)
         finally:
