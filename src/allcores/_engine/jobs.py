@@ -11,11 +11,11 @@ import collections
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from allcores import errors as _errors
-from allcores._engine import serialization
+from allcores._engine import serialization, shm
 from allcores._engine.messages import TaskError
 from allcores._engine.scheduler import ChunkSizer, Reorderer, RetryPolicy
 
@@ -61,10 +61,11 @@ class Chunk:
 
     job: Job
     start: int
-    items: list
+    items: Sequence  # a list, or a range for range inputs
     attempt: int = 1  # how many times these items have been sent
     isolated: bool = False  # cut out of a chunk whose worker died, to find the culprit
-    payload: bytes | None = None  # the pickled items, once made
+    payload: bytes | None = None  # the packed items, made when the chunk is sent
+    segments: list[str] = field(default_factory=list)  # shared memory the payload refers to
     deadline: float | None = None  # monotonic time by which it must finish (timeout=)
 
 
@@ -284,7 +285,9 @@ class Job:
         remaining = None if self.total is None else self.total - self.next_index
         size = self.sizer.next_size(remaining) if remaining is None or remaining > 0 else 1
         start = self.next_index
-        if self._seq is not None:
+        if isinstance(self._seq, range):
+            items = self._seq[start : start + size]  # a range pickles in a few bytes
+        elif self._seq is not None:
             items = list(self._seq[start : start + size])
         else:
             assert self._iter is not None
@@ -372,7 +375,7 @@ class Job:
             self.progress.update(length)
 
     def requeue(self, chunk: Chunk, *, front: bool = True) -> None:
-        chunk.payload = None
+        release(chunk)
         chunk.deadline = None
         if front:
             self.pending.appendleft(chunk)
@@ -381,6 +384,7 @@ class Job:
 
     def isolate(self, chunk: Chunk) -> None:
         """Re-run a multi-item chunk whose worker died one item at a time, to find the culprit."""
+        release(chunk)
         for offset in range(len(chunk.items) - 1, -1, -1):
             self.pending.appendleft(
                 Chunk(self, chunk.start + offset, [chunk.items[offset]], chunk.attempt,
@@ -418,6 +422,14 @@ class Job:
         if self.progress is not None:
             self.progress.close()
             self.progress = None
+
+
+def release(chunk: Chunk) -> None:
+    """Forget a chunk's packed form, freeing shared memory a dead worker never consumed."""
+    if chunk.segments:
+        shm.discard(chunk.segments)
+        chunk.segments = []
+    chunk.payload = None
 
 
 def attach_traceback(

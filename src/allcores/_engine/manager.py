@@ -36,15 +36,19 @@ import weakref
 from typing import Any
 
 from allcores import errors as _errors
-from allcores._engine import processes, serialization
-from allcores._engine.jobs import Chunk, Job, attach_traceback
+from allcores._engine import processes, serialization, shm
+from allcores._engine.jobs import Chunk, Job, attach_traceback, release
 from allcores._engine.messages import ChunkDone, InitFailed, RunChunk, Stop
 from allcores._engine.processes import WorkerHandle
 from allcores._engine.scheduler import describe_exit, should_recycle
 
-# Chunks queued in one worker's pipe beyond the one it runs: with one spare, a worker that
-# finishes starts the next chunk at once instead of waiting a round trip for it.
+# Chunks in one worker's pipe at most: with one spare queued behind the running one, a worker
+# that finishes starts the next chunk at once instead of waiting a round trip for it.
 PREFETCH = 2
+# ...but only while the work already there is expected to end within this horizon. For longer
+# chunks the round trip is noise, and a queued chunk would only sit behind a long one while
+# another worker runs dry at the end of a map (the tail problem of W3b).
+PREFETCH_HORIZON_SECONDS = 0.005
 # Workers dying in a row with no chunk completed in between before the pool gives up: a worker
 # that cannot even start (its memory limit, a broken interpreter) must not respawn forever.
 MAX_CRASHES_IN_A_ROW = 20
@@ -245,7 +249,15 @@ class Manager:
             return True
         if handle.in_flight[0].job.timeout is not None:
             return False  # a timed item runs alone, so its clock is honest
-        return len(handle.in_flight) < PREFETCH
+        if len(handle.in_flight) >= PREFETCH:
+            return False
+        expected = 0.0
+        for chunk in handle.in_flight:
+            cost = chunk.job.sizer.cost
+            if cost is None:
+                return False  # unknown cost: a probe, which runs alone
+            expected += cost * len(chunk.items)
+        return expected < PREFETCH_HORIZON_SECONDS
 
     def _next_chunk_for(self, handle: WorkerHandle) -> Chunk | None:
         skipped = 0  # jobs passed over for now; once every job was, nothing fits this worker
@@ -280,7 +292,8 @@ class Manager:
         job = chunk.job
         if chunk.payload is None:
             try:
-                chunk.payload = serialization.dumps(chunk.items)
+                # Big buffers (numpy arrays, bytes) go through shared memory, not the pipe.
+                chunk.payload, chunk.segments = shm.pack(chunk.items)
             except Exception:
                 self._unpicklable_items(chunk, now)
                 return
@@ -301,7 +314,7 @@ class Manager:
             handle.task_conn.send_bytes(serialization.dumps(message))
         except OSError:
             # The worker died while we wrote; its sentinel will tell. Keep the chunk.
-            job.requeue(chunk)
+            job.requeue(chunk)  # frees its shared memory too
             self._requeued(job)
             handle.retiring = True
             return
@@ -328,8 +341,8 @@ class Manager:
                     self._finish_job(job)
                     return
                 continue
-            single = Chunk(job, chunk.start + offset, [item], chunk.attempt, isolated=True,
-                           payload=payload)
+            del payload  # packed again when sent, so no shared memory waits in a queue
+            single = Chunk(job, chunk.start + offset, [item], chunk.attempt, isolated=True)
             job.pending.appendleft(single)
         self._requeued(job)
         if job.maybe_finish():
@@ -346,7 +359,7 @@ class Manager:
             self._unregister(handle.result_conn)
             return False
         try:
-            message = serialization.loads(data)
+            message = shm.unpack(data)
         except Exception as exc:
             message = exc
         if isinstance(message, InitFailed):
@@ -427,6 +440,8 @@ class Manager:
             pass
         handle.process.join(timeout=1.0)
         exitcode = handle.process.exitcode
+        if handle.pid is not None:
+            shm.sweep(handle.pid)  # results it packed but never sent
         self._unregister(handle.result_conn)
         self._unregister(handle.sentinel)
         del self._handles[handle.slot]
@@ -456,6 +471,7 @@ class Manager:
         handle.in_flight.clear()
         job = running.job
         job.in_flight -= 1
+        release(running)  # it may have died before mapping the chunk's shared memory
         if handle.timed_out is running:
             item = running.items[0]
             error: BaseException = _errors.TaskTimeoutError(
@@ -574,6 +590,10 @@ class Manager:
             if handle.process.exitcode is None:
                 processes.kill(handle)
         for handle in handles:
+            for chunk in handle.in_flight:
+                release(chunk)
+            if handle.pid is not None:
+                shm.sweep(handle.pid)
             processes.close_handle(handle)
 
     def _fail_all(self, error: BaseException) -> None:

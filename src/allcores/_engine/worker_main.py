@@ -20,7 +20,7 @@ from typing import Any
 
 from allcores import errors as _errors
 from allcores import worker as _worker
-from allcores._engine import serialization
+from allcores._engine import serialization, shm
 from allcores._engine.messages import (
     CALL_ONE,
     CALL_STAR,
@@ -91,9 +91,9 @@ def _run(fn: Any, items: list, mode: int, stop_on_error: bool):
     return values, errors
 
 
-def _encode_done(done: ChunkDone, items: list) -> bytes:
+def _encode_done(done: ChunkDone) -> bytes:
     try:
-        return serialization.dumps(done)
+        return shm.pack(done)[0]  # big results (arrays) go through shared memory
     except Exception:
         pass
     # Some value cannot be pickled: find which, and fail only those items.
@@ -109,7 +109,7 @@ def _encode_done(done: ChunkDone, items: list) -> bytes:
             errors.append(TaskError(offset, err, ""))
     errors.sort(key=lambda e: e.offset)
     fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss)
-    return serialization.dumps(fixed)
+    return shm.pack(fixed)[0]
 
 
 def _reader(conn, inbox: queue.SimpleQueue) -> None:
@@ -169,7 +169,7 @@ def worker_main(
                 if msg.fn_blob is None:
                     raise RuntimeError(f"allcores internal error: unknown function {msg.fn_id}")
                 fn = functions[msg.fn_id] = serialization.loads_function(msg.fn_blob)
-            items = serialization.loads(msg.items)
+            items = shm.unpack(msg.items)
         except BaseException as exc:
             err = _errors.ArgumentPicklingError(
                 f"the task's function or arguments could not be unpickled in the worker: "
@@ -185,5 +185,5 @@ def worker_main(
         values, errs = _run(fn, items, msg.mode, msg.stop_on_error)
         seconds = perf_counter() - started
         done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes())
-        result_conn.send_bytes(_encode_done(done, items))
+        result_conn.send_bytes(_encode_done(done))
         del items, values, errs, done
