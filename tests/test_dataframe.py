@@ -102,3 +102,18 @@ def test_small_and_empty_frames_stay_in_process(df):
     pd.testing.assert_frame_equal(
         acdf.apply(empty, row_score, axis=1), empty.apply(row_score, axis=1)
     )
+
+
+def test_partitions_pickle_their_columns_out_of_band():
+    # what the engine does with each partition: protocol 5, big buffers lifted out of the
+    # pickle (then into shared memory); only a small header may stay in-band
+    import pickle
+
+    n = 200_000
+    frame = pd.DataFrame({"a": np.arange(n), "b": np.ones(n), "s": ["xyz"] * n})
+    part = acdf._row_parts(frame, workers=2, partitions=4)[1]
+    buffers = []
+    inband = pickle.dumps(part, protocol=5, buffer_callback=buffers.append)
+    assert len(inband) < 4096
+    assert sum(memoryview(b).nbytes for b in buffers) >= 2 * 8 * n // 4
+    pd.testing.assert_frame_equal(pickle.loads(inband, buffers=buffers), part)
