@@ -92,6 +92,17 @@ def test_csv_partitions_hold_whole_lines_and_cover_the_file(
     assert pieces.equals(pd.read_csv(path))
 
 
+def test_crlf_bom_quoted_commas_and_no_final_newline(tmp_path):
+    rows = [f'{i},2024-01-{i % 28 + 1:02d},{i}.25,"Smith, J{i}"' for i in range(300)]
+    path = tmp_path / "w.csv"
+    path.write_bytes(("\ufeffcustomer_id,date,amount,name\r\n" + "\r\n".join(rows)).encode())
+    parts = data.plan(path, 5)
+    assert parts[0].columns == ("customer_id", "date", "amount", "name")
+    got = data.analyze(path, lambda df: df, columns=["amount", "name"], partitions=5, workers=1)
+    assert got["name"].tolist() == [f"Smith, J{i}" for i in range(300)]
+    assert data.rfm(path, partitions=5, workers=1)["frequency"].sum() == 300
+
+
 def test_partition_count_depends_on_file_size_only(sample_csv):
     parts = data.plan(sample_csv)
     # ~1.75 MB: the small-file rule gives one partition per started MiB
