@@ -6,10 +6,11 @@ Within one process, unpickling the same object twice gives back the same Python 
 per-process registry), so an ``RLock`` held by a thread is recognised as held when it arrives
 again inside another argument.
 
-Waiting (Event, Barrier) uses the condition-variable pattern over two semaphores: a mutex that
-guards the state in shared memory, and a "wake" semaphore that a changer posts once per waiter.
-Posts are only hints: every waiter re-checks the state under the mutex, so a stale post (left by
-a waiter that timed out) costs one spurious wake-up, never a wrong answer.
+Waiting (Event, Barrier) keeps the state in shared memory under a mutex semaphore, and a list of
+the sleeping threads' private semaphores (see ``_resources.WaitList``): a change posts exactly
+the threads that were sleeping, so no waiter can take another's wake-up. Every waiter re-checks
+the state under the mutex, so a late post (to a waiter that timed out) costs one spurious
+wake-up, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from allcores.sync._resources import (
     SEM_VALUE_MAX,
     SEMAPHORE,
     Owner,
+    WaitList,
     create_semlock,
     create_shm,
+    my_semaphore,
     open_semlock,
     open_shm,
+    sleep_on,
 )
 
 __all__ = ["Barrier", "Counter", "Event", "Lock", "RLock", "Semaphore", "Value"]
@@ -175,65 +179,45 @@ class Semaphore(_SemBase):
 
 
 class _ShmBase:
-    """State in a small shared-memory block (int64 slots) guarded by a mutex semaphore."""
+    """State in a small shared-memory block (int64 slots, then an optional wait list) guarded by
+    a mutex semaphore."""
 
     _SLOTS = 4
     _name: str
     _lock: Any
-    _wake: Any | None
+    _wl: WaitList | None
 
-    def _create(self, with_wake: bool, extra_bytes: int = 0) -> None:
-        self._shm_name, self._mm = create_shm(8 * self._SLOTS + extra_bytes)
-        lock_name, lock = create_semlock(SEMAPHORE, 1, 1)
-        sems = [lock_name]
-        wake_name = ""
-        if with_wake:
-            wake_name, wake = create_semlock(SEMAPHORE, 0, SEM_VALUE_MAX)
-            sems.append(wake_name)
-        self._lock_name, self._wake_name = lock_name, wake_name
-        self._lock = lock
-        self._wake = wake if with_wake else None
-        self._owner: Owner | None = Owner(self, sems, [self._shm_name])
-        self._h = memoryview(self._mm)[: 8 * self._SLOTS].cast("q")
-        self._name = self._shm_name
-        _registry[self._name] = self
+    def _create(self, waiters: int = 0, extra_bytes: int = 0) -> None:
+        size = 8 * self._SLOTS + (WaitList.size(waiters) if waiters else 0) + extra_bytes
+        self._shm_name, self._mm = create_shm(size)
+        self._lock_name, self._lock = create_semlock(SEMAPHORE, 1, 1)
+        self._waiters = waiters
+        self._owner: Owner | None = Owner(self, [self._lock_name], [self._shm_name])
+        self._map()
+        _registry[self._shm_name] = self
 
-    def _attach(self, shm_name: str, lock_name: str, wake_name: str, *extra: Any) -> None:
-        self._shm_name, self._lock_name, self._wake_name = shm_name, lock_name, wake_name
+    def _attach(self, shm_name: str, lock_name: str, waiters: int, *extra: Any) -> None:
+        self._shm_name, self._lock_name, self._waiters = shm_name, lock_name, waiters
         self._mm = open_shm(shm_name)
         self._lock = open_semlock(SEMAPHORE, 1, lock_name)
-        self._wake = None
-        if wake_name:
-            self._wake = open_semlock(SEMAPHORE, SEM_VALUE_MAX, wake_name)
         self._owner = None
-        self._h = memoryview(self._mm)[: 8 * self._SLOTS].cast("q")
-        self._name = shm_name
+        self._map()
         self._attach_extra(*extra)
+
+    def _map(self) -> None:
+        self._h = memoryview(self._mm)[: 8 * self._SLOTS].cast("q")
+        self._wl = WaitList(self._mm, 8 * self._SLOTS, self._waiters) if self._waiters else None
+        self._extra_offset = 8 * self._SLOTS + (WaitList.size(self._waiters) if self._waiters
+                                                else 0)
 
     def _attach_extra(self) -> None:
         pass
 
     def _state(self) -> tuple:
-        return (self._shm_name, self._lock_name, self._wake_name)
+        return (self._shm_name, self._lock_name, self._waiters)
 
     def __reduce__(self):
         return _rebuild, (type(self), self._shm_name, self._state())
-
-    # condition-variable helpers (call with self._lock held)
-    def _notify_all_locked(self, waiters_slot: int) -> None:
-        n = self._h[waiters_slot]
-        self._h[waiters_slot] = 0
-        assert self._wake is not None
-        for _ in range(n):
-            self._wake.release()
-
-    def _sleep(self, deadline: float | None) -> bool:
-        """Wait for a wake post (mutex NOT held); False if the deadline passed first."""
-        assert self._wake is not None
-        if deadline is None:
-            return self._wake.acquire(True, None)
-        remaining = deadline - monotonic()
-        return remaining > 0 and self._wake.acquire(True, remaining)
 
     def __repr__(self) -> str:
         return f"<allcores.{type(self).__name__} {self._shm_name}>"
@@ -241,6 +225,10 @@ class _ShmBase:
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else monotonic() + max(0.0, timeout)
+
+
+# how many threads (over all processes) may wait on one Event at once
+EVENT_MAX_WAITERS = 128
 
 
 class Event(_ShmBase):
@@ -259,10 +247,11 @@ class Event(_ShmBase):
                     return x
     """
 
-    _FLAG, _WAITERS = 0, 1
+    _SLOTS = 1
+    _FLAG = 0
 
     def __init__(self) -> None:
-        self._create(with_wake=True)
+        self._create(waiters=EVENT_MAX_WAITERS)
 
     def is_set(self) -> bool:
         return bool(self._h[self._FLAG])
@@ -271,7 +260,7 @@ class Event(_ShmBase):
         """Set the flag and wake every process waiting in :meth:`wait`."""
         with self._lock:
             self._h[self._FLAG] = 1
-            self._notify_all_locked(self._WAITERS)
+            self._wl.wake_all()
 
     def clear(self) -> None:
         with self._lock:
@@ -280,13 +269,18 @@ class Event(_ShmBase):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the flag is set or ``timeout`` seconds pass; return the flag."""
         deadline = _deadline(timeout)
+        me, sem = my_semaphore()
+        wl = self._wl
         while True:
             with self._lock:
                 if self._h[self._FLAG]:
+                    wl.remove(me)
                     return True
-                self._h[self._WAITERS] += 1
-            if not self._sleep(deadline):
-                return self.is_set()
+                wl.add(me)
+            if not sleep_on(sem, deadline):
+                with self._lock:
+                    wl.remove(me)
+                    return bool(self._h[self._FLAG])
 
 
 class Barrier(_ShmBase):
@@ -306,13 +300,13 @@ class Barrier(_ShmBase):
             return compute(data)
     """
 
-    _SLOTS = 6
-    _COUNT, _GEN, _BROKEN, _RESET_GEN, _WAITERS, _PARTIES = range(6)
+    _SLOTS = 5
+    _COUNT, _GEN, _BROKEN, _RESET_GEN, _PARTIES = range(5)
 
     def __init__(self, parties: int) -> None:
         if parties < 1:
             raise ValueError(f"Barrier needs parties >= 1, got {parties}")
-        self._create(with_wake=True)
+        self._create(waiters=max(parties, EVENT_MAX_WAITERS))
         self._h[self._PARTIES] = parties
 
     @property
@@ -329,7 +323,8 @@ class Barrier(_ShmBase):
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = _deadline(timeout)
-        h = self._h
+        h, wl = self._h, self._wl
+        me, sem = my_semaphore()
         with self._lock:
             if h[self._BROKEN]:
                 raise threading.BrokenBarrierError
@@ -339,31 +334,32 @@ class Barrier(_ShmBase):
             if index + 1 == h[self._PARTIES]:  # last to arrive: release everyone
                 h[self._COUNT] = 0
                 h[self._GEN] = gen + 1
-                self._notify_all_locked(self._WAITERS)
+                wl.wake_all()
                 return index
-            h[self._WAITERS] += 1
+            wl.add(me)
         while True:
-            woke = self._sleep(deadline)
+            woke = sleep_on(sem, deadline)
             with self._lock:
-                if h[self._RESET_GEN] == gen + 1:
+                if h[self._RESET_GEN] == gen + 1 or (h[self._BROKEN] and h[self._GEN] == gen):
+                    wl.remove(me)
                     raise threading.BrokenBarrierError
                 if h[self._GEN] != gen:
+                    wl.remove(me)
                     return index
-                if h[self._BROKEN]:
-                    raise threading.BrokenBarrierError
                 if not woke:  # timed out: break the barrier for everyone, as threading does
                     h[self._BROKEN] = 1
                     h[self._COUNT] = 0
-                    self._notify_all_locked(self._WAITERS)
+                    wl.remove(me)
+                    wl.wake_all()
                     raise threading.BrokenBarrierError
-                h[self._WAITERS] += 1  # spurious wake-up: wait again
+                wl.add(me)  # a stale wake-up: wait again
 
     def abort(self) -> None:
         """Break the barrier: current and future waiters get ``BrokenBarrierError``."""
         with self._lock:
             self._h[self._BROKEN] = 1
             self._h[self._COUNT] = 0
-            self._notify_all_locked(self._WAITERS)
+            self._wl.wake_all()
 
     def reset(self) -> None:
         """Return to the initial state; processes waiting now get ``BrokenBarrierError``."""
@@ -374,7 +370,7 @@ class Barrier(_ShmBase):
                 h[self._GEN] += 1
             h[self._COUNT] = 0
             h[self._BROKEN] = 0
-            self._notify_all_locked(self._WAITERS)
+            self._wl.wake_all()
 
 
 # typecode -> struct size; the single-character codes of the array/struct modules
@@ -406,10 +402,10 @@ class Value(_ShmBase):
                 f"unsupported typecode {typecode!r}: use one of {' '.join(_TYPECODES)} "
                 "(for example 'i' for int, 'd' for float)"
             )
-        self._create(with_wake=False, extra_bytes=16)
+        self._create(extra_bytes=16)
         self._typecode = typecode
         self._rlock = RLock()
-        self._view = memoryview(self._mm)[8:8 + struct.calcsize(typecode)].cast(typecode)
+        self._view = self._value_view()
         self._view[0] = value
 
     def _state(self) -> tuple:
@@ -417,7 +413,13 @@ class Value(_ShmBase):
 
     def _attach_extra(self, typecode: str, rlock: RLock) -> None:
         self._typecode, self._rlock = typecode, rlock
-        self._view = memoryview(self._mm)[8:8 + struct.calcsize(typecode)].cast(typecode)
+        self._view = self._value_view()
+
+    def _value_view(self) -> memoryview:
+        start = self._extra_offset
+        return memoryview(self._mm)[start:start + struct.calcsize(self._typecode)].cast(
+            self._typecode
+        )
 
     @property
     def typecode(self) -> str:
@@ -459,7 +461,7 @@ class Counter(_ShmBase):
     _SLOTS = 1
 
     def __init__(self, initial: int = 0) -> None:
-        self._create(with_wake=False)
+        self._create()
         self._h[0] = initial
 
     def increment(self, n: int = 1) -> int:

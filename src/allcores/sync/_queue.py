@@ -28,7 +28,7 @@ mutate an object after putting it. ``flush()`` makes everything put so far visib
 
 Shared header (int64 slots) and record layout::
 
-    header: HEAD TAIL SUB NEXT_ID ITEMS CWAIT PWAIT CAP
+    header: HEAD TAIL SUB NEXT_ID ITEMS CAP, then the consumers' and producers' wait lists
     record: [batch_id q][n i][flags i][nbytes q][payload, padded to 8 bytes]
 
 Positions only grow; ``pos % CAP`` is the offset. A record never wraps: the writer skips the end of
@@ -56,14 +56,16 @@ from typing import Any
 from allcores.sync._primitives import _registry
 from allcores.sync._resources import (
     FINALIZE_PRIORITY,
-    SEM_VALUE_MAX,
     SEMAPHORE,
     Owner,
+    WaitList,
     create_semlock,
     create_shm,
+    my_semaphore,
     new_name,
     open_semlock,
     open_shm,
+    sleep_on,
 )
 
 __all__ = ["Connection", "Pipe", "Queue"]
@@ -83,16 +85,20 @@ FLUSHER_IDLE_EXIT_S = 0.5
 # items (multiprocessing.Queue would wait forever here).
 EXIT_FLUSH_TIMEOUT_S = 10.0
 
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
 _PROTO = pickle.HIGHEST_PROTOCOL
-_HEAD, _TAIL, _SUB, _NEXT_ID, _ITEMS, _CWAIT, _PWAIT, _CAP = range(8)
-_DATA = 64  # ring data starts here, after the header slots
+_HEAD, _TAIL, _SUB, _NEXT_ID, _ITEMS, _CAP = range(6)
+# threads (over all processes) that may sleep in get() at once, and in put() at once
+QUEUE_MAX_WAITERS = 128
+_WL = WaitList.size(QUEUE_MAX_WAITERS)
+_DATA = _pad8(64 + 2 * _WL)  # ring data starts after the header slots and two wait lists
 _REC = struct.Struct("qiiq")  # batch id, item count, flags, payload bytes
 _RH = _REC.size
 _WRAP, _SPILL = 1, 2
 
-
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
 
 
 # -- the per-process flusher ------------------------------------------------------------------
@@ -126,6 +132,11 @@ class _Flusher:
                 self.exit_hook_pid = os.getpid()
                 util.Finalize(None, self.flush_all, exitpriority=FINALIZE_PRIORITY + 10)
         self.wake.set()
+
+    def unschedule(self, q: Queue) -> None:
+        """Forget ``q`` (its buffer is empty), so the flusher holds no reference to it."""
+        with self.lock:
+            self.dirty.pop(id(q), None)
 
     def _run(self) -> None:
         while True:
@@ -224,9 +235,7 @@ class Queue:
             raise ValueError(f"maxsize must be >= 0, got {maxsize}")
         self._ring_name, mm = create_shm(_DATA + RING_BYTES)
         lock_name, lock = create_semlock(SEMAPHORE, 1, 1)
-        ne_name, not_empty = create_semlock(SEMAPHORE, 0, SEM_VALUE_MAX)
-        nf_name, not_full = create_semlock(SEMAPHORE, 0, SEM_VALUE_MAX)
-        names = [lock_name, ne_name, nf_name]
+        names = [lock_name]
         slots_name, slots = "", None
         if maxsize:  # counts items anywhere (buffered or in the ring), like multiprocessing
             slots_name, slots = create_semlock(SEMAPHORE, maxsize, maxsize)
@@ -234,29 +243,29 @@ class Queue:
         self._owner: Owner | None = Owner(self, names, [self._ring_name])
         util.Finalize(self, _unlink_spills, args=(self._ring_name[1:],),
                       exitpriority=FINALIZE_PRIORITY)
-        self._names = (lock_name, ne_name, nf_name, slots_name)
+        self._names = (lock_name, slots_name)
         self._maxsize = maxsize
-        self._setup(mm, lock, not_empty, not_full, slots)
+        self._setup(mm, lock, slots)
         self._h[_CAP] = RING_BYTES
         _registry[self._ring_name] = self
 
-    def _attach(self, ring_name: str, names: tuple[str, str, str, str], maxsize: int) -> None:
+    def _attach(self, ring_name: str, names: tuple[str, str], maxsize: int) -> None:
         self._ring_name, self._names, self._maxsize = ring_name, names, maxsize
         self._owner = None
         mm = open_shm(ring_name)
-        lock_name, ne_name, nf_name, slots_name = names
+        lock_name, slots_name = names
         self._setup(
             mm,
             open_semlock(SEMAPHORE, 1, lock_name),
-            open_semlock(SEMAPHORE, SEM_VALUE_MAX, ne_name),
-            open_semlock(SEMAPHORE, SEM_VALUE_MAX, nf_name),
             open_semlock(SEMAPHORE, maxsize, slots_name) if slots_name else None,
         )
 
-    def _setup(self, mm, lock, not_empty, not_full, slots) -> None:
+    def _setup(self, mm, lock, slots) -> None:
         self._mm = mm
-        self._h = memoryview(mm)[:_DATA].cast("q")
-        self._lock, self._not_empty, self._not_full = lock, not_empty, not_full
+        self._h = memoryview(mm)[:64].cast("q")
+        self._cwl = WaitList(mm, 64, QUEUE_MAX_WAITERS)  # sleeping in get()
+        self._pwl = WaitList(mm, 64 + _WL, QUEUE_MAX_WAITERS)  # sleeping for ring space
+        self._lock = lock
         self._slots = slots
         self._closed = False
         self._reset_local()
@@ -337,6 +346,9 @@ class Queue:
         deadline = None if timeout is None else monotonic() + timeout
         if not self._flush(block=True, deadline=deadline):
             raise _stdlib_queue.Full(f"{self!r}: no room in the ring within {timeout} s")
+        with self._plock:
+            if not self._pending:
+                _flusher.unschedule(self)
         if self._error is not None:
             self._raise_error()
 
@@ -415,6 +427,7 @@ class Queue:
         nbytes = len(payload)
         need = _RH + _pad8(nbytes)
         h, lock, mm = self._h, self._lock, self._mm
+        me = b""
         while True:
             lock.acquire()
             try:
@@ -436,29 +449,20 @@ class Queue:
                     mm[start:start + nbytes] = payload
                     h[_TAIL] = tail + need
                     h[_ITEMS] += n
-                    self._wake_locked(_CWAIT, self._not_empty)
+                    if me:
+                        self._pwl.remove(me)
+                    self._cwl.wake_all()
                     return True
                 if not block:
                     return False
-                h[_PWAIT] += 1
+                me, sem = my_semaphore()
+                self._pwl.add(me)
             finally:
                 lock.release()
-            if not self._sleep(self._not_full, deadline):
+            if not sleep_on(sem, deadline):
+                with lock:
+                    self._pwl.remove(me)
                 return False
-
-    def _wake_locked(self, slot: int, sem: Any) -> None:
-        waiters = self._h[slot]
-        if waiters:
-            self._h[slot] = 0
-            for _ in range(waiters):
-                sem.release()
-
-    @staticmethod
-    def _sleep(sem: Any, deadline: float | None) -> bool:
-        if deadline is None:
-            return sem.acquire(True, None)
-        remaining = deadline - monotonic()
-        return remaining > 0 and sem.acquire(True, remaining)
 
     def _release_slots(self, n: int) -> None:
         if self._slots is not None:
@@ -486,7 +490,7 @@ class Queue:
                 else:
                     h[_SUB] = 0
                     h[_HEAD] = pos + reclen
-                    self._wake_locked(_PWAIT, self._not_full)
+                    self._pwl.wake_all()
         finally:
             lock.release()
         if not hit:
@@ -514,20 +518,25 @@ class Queue:
     def _get_slow(self, want: int, block: bool, timeout: float | None) -> list[Any]:
         deadline = None if timeout is None or not block else monotonic() + max(0.0, timeout)
         h, lock = self._h, self._lock
+        me = b""
         while True:
             lock.acquire()
             try:
                 if h[_ITEMS]:
+                    if me:
+                        self._cwl.remove(me)
                     claims = self._claim_locked(want)
                     break
                 if not block:
                     raise _stdlib_queue.Empty
-                h[_CWAIT] += 1
+                me, sem = my_semaphore()
+                self._cwl.add(me)
             finally:
                 lock.release()
-            if not self._sleep(self._not_empty, deadline):
+            if not sleep_on(sem, deadline):
                 lock.acquire()
                 try:
+                    self._cwl.remove(me)
                     if h[_ITEMS]:  # it arrived just as we timed out
                         claims = self._claim_locked(want)
                         break
@@ -584,7 +593,7 @@ class Queue:
                 freed = True
         h[_HEAD], h[_SUB] = head, sub
         if freed:
-            self._wake_locked(_PWAIT, self._not_full)
+            self._pwl.wake_all()
         return claims
 
     @staticmethod
@@ -675,7 +684,7 @@ class Connection:
     def send(self, obj: Any) -> None:
         """Send ``obj`` (visible to the other end when this returns)."""
         box = self._check(self._outbox, "write")
-        box.put(obj)
+        box._extend([obj])
         box.flush()
 
     def send_bytes(self, buf: bytes | bytearray | memoryview) -> None:
@@ -692,14 +701,17 @@ class Connection:
         box = self._check(self._inbox, "read")
         deadline = None if timeout is None else monotonic() + max(0.0, timeout)
         h, lock = box._h, box._lock
+        me, sem = my_semaphore()
         while True:
             with lock:
                 if h[_ITEMS]:
+                    box._cwl.remove(me)
                     return True
                 if deadline is not None and deadline <= monotonic():
+                    box._cwl.remove(me)
                     return False
-                h[_CWAIT] += 1
-            box._sleep(box._not_empty, deadline)
+                box._cwl.add(me)
+            sleep_on(sem, deadline)
 
     def close(self) -> None:
         self._closed = True

@@ -22,6 +22,8 @@ import itertools
 import mmap
 import os
 import secrets
+import threading
+import time
 from multiprocessing import resource_tracker, util
 from typing import Any
 
@@ -113,7 +115,7 @@ def open_shm(name: str) -> mmap.mmap:
 # -- ownership --------------------------------------------------------------------------------
 
 
-def _unlink_all(sems: tuple[str, ...], shms: tuple[str, ...], tracked: bool) -> None:
+def _unlink_all(sems: tuple[str, ...], shms: tuple[str, ...], tracked: bool = True) -> None:
     for name in sems:
         try:
             _multiprocessing.sem_unlink(name)
@@ -137,15 +139,18 @@ class Owner:
     child that inherits the object never unlinks the parent's names.
     """
 
-    def __init__(self, obj: object, sems: list[str], shms: list[str]) -> None:
+    def __init__(self, obj: object, sems: list[str], shms: list[str], tracked: bool = True
+                 ) -> None:
         # The tracker cleans up after an owner killed by SIGKILL. Registering costs one pipe
         # write (plus starting the tracker process once per program, as multiprocessing does).
-        for name in sems:
-            resource_tracker.register(name, "semaphore")
-        for name in shms:
-            resource_tracker.register(name, "shared_memory")
+        if tracked:
+            for name in sems:
+                resource_tracker.register(name, "semaphore")
+            for name in shms:
+                resource_tracker.register(name, "shared_memory")
         self._finalizer = util.Finalize(
-            obj, _unlink_all, args=(tuple(sems), tuple(shms), True), exitpriority=FINALIZE_PRIORITY
+            obj, _unlink_all, args=(tuple(sems), tuple(shms), tracked),
+            exitpriority=FINALIZE_PRIORITY,
         )
 
     def release(self) -> None:
@@ -155,3 +160,166 @@ class Owner:
     @property
     def alive(self) -> bool:
         return self._finalizer.still_active()
+
+
+# -- waiting without lost wake-ups ---------------------------------------------------------------
+#
+# A shared "wake" semaphore posted once per waiter is not enough between processes: a waiter
+# that arrives later can take a post meant for one that has not woken yet, which then sleeps
+# through a change it was waiting for. So every waiting thread has its *own* named semaphore,
+# and an object keeps a list of its sleepers' names in shared memory: a change posts exactly the
+# sleepers that were on the list. A post that arrives after its waiter gave up (timeout) only
+# causes one spurious wake-up later, which every wait loop tolerates by re-checking its state.
+
+NAME_BYTES = 48  # one slot of a wait list: a semaphore name, NUL-padded
+
+
+class _Me(threading.local):
+    pid = -1
+    name = ""
+    sem: Any = None
+    holder: Any = None
+
+
+class _Holder:  # owns one thread's private semaphore; unlinked when the thread's locals go
+    pass
+
+
+_me = _Me()
+_opened: dict[bytes, Any] = {}  # private semaphores of other threads, opened by name
+_MAX_OPENED = 4096
+_WAITER_KIND = "w"  # names: /allcores-sync-w-<pid>-<n>-<random>
+
+
+def my_semaphore() -> tuple[bytes, Any]:
+    """This thread's private wake semaphore (created on first use, per process and thread).
+
+    A pool worker is often ended with SIGTERM (``Pool.terminate``, ``with Pool()``), which runs no
+    clean-up; so these are not given to the resource tracker (it would warn at exit) but carry
+    their pid in the name, and :func:`sweep_dead_waiters` removes those of dead processes.
+    """
+    if _me.pid != os.getpid():  # first use in this thread, or inherited through fork
+        if _me.pid == -1 and threading.current_thread() is threading.main_thread():
+            sweep_dead_waiters()
+            util.Finalize(None, sweep_dead_waiters, exitpriority=FINALIZE_PRIORITY - 1)
+        for _ in range(100):
+            name = new_name(_WAITER_KIND)
+            try:
+                sem = _multiprocessing.SemLock(SEMAPHORE, 0, SEM_VALUE_MAX, name, False)
+                break
+            except FileExistsError:  # pragma: no cover
+                continue
+        holder = _Holder()
+        Owner(holder, [name], [], tracked=False)
+        _me.pid, _me.name, _me.sem, _me.holder = os.getpid(), name, sem, holder
+    return _me.name.encode(), _me.sem
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def sweep_dead_waiters() -> int:
+    """Unlink the private wake semaphores of processes that no longer exist; return how many."""
+    prefix = f"sem.{NAME_PREFIX}{_WAITER_KIND}-"
+    removed = 0
+    try:
+        entries = os.listdir("/dev/shm")
+    except OSError:  # pragma: no cover - no /dev/shm on this system
+        return 0
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        try:
+            pid = int(entry[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            try:
+                _multiprocessing.sem_unlink("/" + entry[len("sem."):])
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _post(name: bytes) -> None:
+    sem = _opened.get(name)
+    if sem is None:
+        if len(_opened) > _MAX_OPENED:
+            _opened.clear()
+        try:
+            sem = _multiprocessing.SemLock._rebuild(0, SEMAPHORE, SEM_VALUE_MAX, name.decode())
+        except FileNotFoundError:  # that waiter's thread or process is gone
+            return
+        _opened[name] = sem
+    sem.release()
+
+
+class WaitList:
+    """The names of the threads sleeping on one condition, in shared memory (mutex held).
+
+    Layout: ``[count q][capacity x NAME_BYTES]``.
+    """
+
+    def __init__(self, buf: Any, offset: int, capacity: int) -> None:
+        self._mv = memoryview(buf)[offset:offset + self.size(capacity)]
+        self._count = self._mv[:8].cast("q")
+        self._cap = capacity
+
+    @staticmethod
+    def size(capacity: int) -> int:
+        return 8 + capacity * NAME_BYTES
+
+    def _slot(self, i: int) -> memoryview:
+        start = 8 + i * NAME_BYTES
+        return self._mv[start:start + NAME_BYTES]
+
+    def _find(self, name: bytes) -> int:
+        padded = name.ljust(NAME_BYTES, b"\0")
+        for i in range(self._count[0]):
+            if self._slot(i) == padded:
+                return i
+        return -1
+
+    def add(self, name: bytes) -> None:
+        if self._find(name) >= 0:
+            return
+        n = self._count[0]
+        if n >= self._cap:
+            raise RuntimeError(
+                f"more than {self._cap} threads are waiting on one allcores.sync object at once"
+            )
+        self._slot(n)[:] = name.ljust(NAME_BYTES, b"\0")
+        self._count[0] = n + 1
+
+    def remove(self, name: bytes) -> None:
+        i = self._find(name)
+        if i >= 0:
+            last = self._count[0] - 1
+            if i != last:
+                self._slot(i)[:] = self._slot(last)
+            self._count[0] = last
+
+    def wake_all(self) -> None:
+        n = self._count[0]
+        if not n:
+            return
+        names = [bytes(self._slot(i)).rstrip(b"\0") for i in range(n)]
+        self._count[0] = 0
+        for name in names:
+            _post(name)
+
+
+def sleep_on(sem: Any, deadline: float | None) -> bool:
+    """Wait for a post on ``sem`` (no mutex held); False if ``deadline`` passed first."""
+    if deadline is None:
+        return sem.acquire(True, None)
+    remaining = deadline - time.monotonic()
+    return remaining > 0 and sem.acquire(True, remaining)
