@@ -38,6 +38,10 @@ BLOCK_SAMPLES = 1 << 18
 #: few enough that per-task overhead is invisible.
 TASKS_PER_WORKER = 8
 
+#: At most this many blocks (2**30 samples) per task, so a task's per-block summary stays a
+#: few hundred KiB and a huge run still reports progress.
+MAX_TASK_BLOCKS = 4096
+
 #: With a precision target the parent checks after every block, and the work in flight past
 #: the stopping point is wasted; so tasks are small (at most this many blocks) and only this
 #: many tasks per worker are submitted between checks.
@@ -142,11 +146,13 @@ def simulate(
             raise ValueError(f"chunk_size must be a positive number of samples, got {chunk_size!r}")
         per_task = max(1, -(-int(chunk_size) // BLOCK_SAMPLES))
     else:
-        per_task = max(1, -(-n_blocks // (n_workers * TASKS_PER_WORKER)))
+        per_task = max(1, min(-(-n_blocks // (n_workers * TASKS_PER_WORKER)), MAX_TASK_BLOCKS))
         if has_target:
             per_task = min(per_task, TARGET_TASK_BLOCKS)
-    tasks = [(first, min(per_task, n_blocks - first)) for first in range(0, n_blocks, per_task)]
-    wave = n_workers * TARGET_WAVE_TASKS_PER_WORKER if has_target else len(tasks)
+    # Task starts as a lazy range: with a target, 1e12 samples would otherwise mean a list of
+    # a million tasks built before the first one runs.
+    starts = range(0, n_blocks, per_task)
+    wave = n_workers * TARGET_WAVE_TASKS_PER_WORKER if has_target else len(starts)
     run_task = functools.partial(_run_task, model, entropy, total)
 
     def reached(m: Moments) -> bool:
@@ -160,8 +166,11 @@ def simulate(
     moments = Moments()
     stopped = False
     try:
-        for start in range(0, len(tasks), wave):
-            results = _run_tasks(run_task, tasks[start : start + wave], n_workers)
+        for start in range(0, len(starts), wave):
+            tasks = [
+                (first, min(per_task, n_blocks - first)) for first in starts[start : start + wave]
+            ]
+            results = _run_tasks(run_task, tasks, n_workers)
             for block_stats in results:
                 if stopped:
                     continue  # drain the wave: its tasks are already running
