@@ -16,6 +16,7 @@ from allcores._engine.scheduler import (
     ChunkSizer,
     Reorderer,
     RetryPolicy,
+    admit,
     describe_exit,
     should_recycle,
 )
@@ -168,3 +169,11 @@ def test_sizes_balance_a_heavy_tail():
         sizes.append((done, size))
         done += size
     assert all(size == 1 for start, size in sizes if start >= len(costs) - 8)
+
+
+def test_admit_holds_back_only_while_something_runs():
+    assert admit(3, 100, None)
+    assert admit(3, None, 1000)
+    assert not admit(3, 100, 1000)
+    assert admit(0, 100, 1000)  # nothing runs: one chunk may go, or the pool would deadlock
+    assert admit(3, 5000, 1000)
