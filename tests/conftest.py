@@ -15,7 +15,8 @@ START_METHODS = ["fork", "spawn", "forkserver"]
 LEAK_GRACE_SECONDS = 5.0
 # Long-lived helpers that multiprocessing and tqdm start once per session, by design.
 _INFRASTRUCTURE = ("forkserver", "resource_tracker", "semaphore_tracker")
-_SHM_PREFIXES = ("allcores", "sem.allcores", "psm_", "sem.mp-")
+# What allcores creates; the standard library's own segments are its resource tracker's business.
+_SHM_PREFIXES = ("allcores", "sem.allcores")
 
 
 def _infrastructure(proc: psutil.Process) -> bool:

@@ -32,6 +32,7 @@ from _tasks import (
     segfault_on,
     sigkill_on,
     spin,
+    timed,
 )
 from allcores.errors import (
     ArgumentPicklingError,
@@ -247,3 +248,13 @@ def test_workers_exit_when_the_parent_is_killed():
             pass
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f"workers outlived their parent: {[p.pid for p in alive]}"
+
+
+def test_admission_control_holds_back_work_when_memory_is_low():
+    """A reserve larger than the machine: memory is always 'low', so work runs one at a time."""
+    huge = 1 << 60
+    with allcores.Pool(2, memory_reserve=huge) as pool:
+        spans = sorted(pool.map(timed, range(6), chunksize=1))
+    assert all(end <= nxt_start for (_, end), (nxt_start, _) in zip(spans, spans[1:]))
+    with pytest.raises(ValueError, match="memory_reserve"):
+        allcores.Pool(1, memory_reserve=-5)

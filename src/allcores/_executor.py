@@ -54,7 +54,8 @@ class Executor(_StdExecutor):
         mp_context: a start method name or multiprocessing context (default fork on Linux).
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker.
         max_tasks_per_child: a worker is replaced after this many items.
-        timeout, retries, retry_on, max_memory: allcores extras, as on :class:`allcores.Pool`.
+        timeout, retries, retry_on, max_memory, memory_reserve: allcores extras, as on
+            :class:`allcores.Pool`.
 
     >>> import allcores
     >>> with allcores.Executor(2) as ex:
@@ -74,6 +75,7 @@ class Executor(_StdExecutor):
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (),
         max_memory: int | None = None,
+        memory_reserve: int | str | None = "auto",
     ) -> None:
         self._engine = Engine(
             max_workers,
@@ -83,6 +85,7 @@ class Executor(_StdExecutor):
             max_tasks_per_child,
             max_memory,
             TaskOptions(timeout=timeout, retries=retries, retry_on=retry_on),
+            memory_reserve,
         )
         self._max_workers = self._engine.workers
         self._shutdown_lock = threading.Lock()

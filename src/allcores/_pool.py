@@ -109,6 +109,9 @@ class Pool:
         retries, retry_on: default retries for every call (allcores extra).
         max_memory: recycle a worker whose resident memory passes this many bytes after its
             current work (allcores extra).
+        memory_reserve: hold back new work while the machine has fewer bytes than this
+            available, rather than let the OOM killer pick a victim; "auto" is 5% of RAM, None
+            turns it off. One chunk always runs, so the pool never deadlocks (allcores extra).
 
     Every mapping method also takes keyword-only ``timeout=``, ``retries=``, ``on_error=`` and
     ``progress=``.
@@ -131,6 +134,7 @@ class Pool:
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (),
         max_memory: int | None = None,
+        memory_reserve: int | str | None = "auto",
     ) -> None:
         self._engine = Engine(
             processes,
@@ -140,6 +144,7 @@ class Pool:
             maxtasksperchild,
             max_memory,
             TaskOptions(timeout=timeout, retries=retries, retry_on=retry_on),
+            memory_reserve,
         )
         self._processes = self._engine.workers
         manager = self._engine.manager

@@ -105,6 +105,27 @@ class TaskOptions:
         return RetryPolicy(self.retries, tuple(self.retry_on), self.backoff)
 
 
+# By default new work waits while the machine has less than this share of its memory available:
+# past that point the kernel's OOM killer is close, and it kills whichever process it likes.
+DEFAULT_MEMORY_RESERVE_FRACTION = 0.05
+
+
+def resolve_memory_reserve(reserve: int | str | None) -> int | None:
+    """Bytes of available memory below which new work is held back (None: never)."""
+    if reserve is None:
+        return None
+    if reserve == "auto":
+        from allcores._engine.processes import available_memory
+
+        total = available_memory()[1]
+        return None if total is None else int(DEFAULT_MEMORY_RESERVE_FRACTION * total)
+    if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+        raise ValueError(
+            f"memory_reserve must be a number of bytes, 'auto' or None, got {reserve!r}"
+        )
+    return reserve
+
+
 def parse_chunksize(chunksize: Any) -> int | None:
     if chunksize is None or chunksize == "auto":
         return None
@@ -125,6 +146,7 @@ class Engine:
         max_tasks_per_child: int | None = None,
         max_memory: int | None = None,
         options: TaskOptions | None = None,
+        memory_reserve: int | str | None = "auto",
     ) -> None:
         self.workers = check_workers(workers)
         if initializer is not None and not callable(initializer):
@@ -146,7 +168,12 @@ class Engine:
         self._function_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self.manager = Manager(
-            self.workers, self.context, init_blob, max_tasks_per_child, max_memory
+            self.workers,
+            self.context,
+            init_blob,
+            max_tasks_per_child,
+            max_memory,
+            resolve_memory_reserve(memory_reserve),
         )
 
     @staticmethod

@@ -40,7 +40,7 @@ from allcores._engine import processes, serialization, shm
 from allcores._engine.jobs import Chunk, Job, attach_traceback, release
 from allcores._engine.messages import ChunkDone, InitFailed, RunChunk, Stop
 from allcores._engine.processes import WorkerHandle
-from allcores._engine.scheduler import describe_exit, should_recycle
+from allcores._engine.scheduler import admit, describe_exit, should_recycle
 
 # Chunks in one worker's pipe at most: with one spare queued behind the running one, a worker
 # that finishes starts the next chunk at once instead of waiting a round trip for it.
@@ -52,6 +52,9 @@ PREFETCH_HORIZON_SECONDS = 0.005
 # Workers dying in a row with no chunk completed in between before the pool gives up: a worker
 # that cannot even start (its memory limit, a broken interpreter) must not respawn forever.
 MAX_CRASHES_IN_A_ROW = 20
+# How often the machine's available memory is read while work is held back for lack of it
+# (memory has no event to wait on; this is the engine's only timer that is not a deadline).
+MEMORY_RECHECK_SECONDS = 0.1
 # How long terminate() waits for SIGTERMed workers before SIGKILL.
 TERMINATE_GRACE = 0.5
 
@@ -75,8 +78,11 @@ class Manager:
         init_blob: bytes | None = None,
         max_tasks_per_child: int | None = None,
         max_memory: int | None = None,
+        memory_reserve: int | None = None,
     ) -> None:
         self.workers = workers
+        self.memory_reserve = memory_reserve
+        self._held_back = False  # work waits for memory (admission control)
         self.context = context
         self.init_blob = init_blob
         self.max_tasks_per_child = max_tasks_per_child
@@ -232,15 +238,24 @@ class Manager:
     # -- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
+        self._held_back = False
         if not self._feedable:
             return
+        in_flight = sum(len(h.in_flight) for h in self._handles.values())
+        available = None
+        if self.memory_reserve is not None:
+            available = processes.available_memory()[0]
         # Idle workers first, so work spreads before queues fill.
         for handle in sorted(self._handles.values(), key=lambda h: len(h.in_flight)):
             while self._feedable and self._has_room(handle):
+                if not admit(in_flight, available, self.memory_reserve):
+                    self._held_back = True  # rechecked on a short timer, see _next_timer
+                    return
                 chunk = self._next_chunk_for(handle)
                 if chunk is None:
                     break
                 self._send(handle, chunk, now)
+                in_flight += 1
 
     def _has_room(self, handle: WorkerHandle) -> bool:
         if handle.retiring or handle.stopping or handle.timed_out is not None:
@@ -538,6 +553,8 @@ class Manager:
             if h.in_flight and h.in_flight[0].deadline is not None and h.timed_out is None
         ]
         times.extend(t for job in self._jobs for t, _ in job.delayed)
+        if self._held_back:
+            times.append(now + MEMORY_RECHECK_SECONDS)
         if not times:
             return None
         return max(0.0, min(times) - now)

@@ -16,6 +16,7 @@ __all__ = [
     "ChunkSizer",
     "Reorderer",
     "RetryPolicy",
+    "admit",
     "describe_exit",
     "should_recycle",
 ]
@@ -164,6 +165,18 @@ class RetryPolicy:
         if not infrastructure and not isinstance(error, self.retry_on):
             return None
         return min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+
+
+def admit(in_flight_chunks: int, available_bytes: int | None, reserve_bytes: int | None) -> bool:
+    """Whether to send more work now, given the machine's available memory.
+
+    Below the reserve, new work waits, so the OOM killer is not left to pick a victim; but one
+    chunk is always allowed when nothing runs, so a pool never deadlocks on memory it does not
+    hold.
+    """
+    if reserve_bytes is None or available_bytes is None or in_flight_chunks == 0:
+        return True
+    return available_bytes >= reserve_bytes
 
 
 def should_recycle(
