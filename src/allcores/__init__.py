@@ -61,12 +61,23 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerCrashedError",
     "__version__",
+    "data",
+    "dataframe",
     "errors",
+    "images",
     *_LAZY,
 ]
 
 
+# Public subpackages, imported on first attribute access (``allcores.images.process(...)``).
+_SUBMODULES = ("images", "data", "dataframe", "shared", "sync")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"allcores.{name}")
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'allcores' has no attribute {name!r}")
@@ -76,7 +87,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
