@@ -54,11 +54,13 @@ __all__ = [
     "write_all",
 ]
 
-# Buffers at least this big go through shared memory. Measured one way between two processes
-# (benchmarks/w4_w5_data_plane.py --threshold, 2-core Linux VM): 64 KiB pipe 26 us vs shm 82 us
-# (4 syscalls and fresh tmpfs pages cost more than one pipe buffer); 256 KiB pipe 381 us vs
-# shm 174 us; 1 MiB 1.8 ms vs 0.5 ms; 16 MiB 23 ms vs 10 ms. The crossover sits near 128 KiB;
-# 256 KiB keeps a margin for machines where pipes are faster.
+# Buffers at least this big go through shared memory. Measured one way between two processes,
+# median per message (benchmarks/w4_w5_data_plane.py --only T, 2-core Linux VM, quiet):
+#   64 KiB pipe 16 us / shm 42 us;  128 KiB 24 / 61;  256 KiB 182 / 121;  1 MiB 751 / 382;
+#   16 MiB 19.3 ms / 8.7 ms.
+# Below ~128 KiB a segment's four syscalls and fresh pages cost more than the pipe; from 256 KiB
+# on the pipe's 64 KiB round trips lose, and lose more when the cores are busy (two spinning
+# processes: 1 MiB pipe 2.1 ms / shm 0.9 ms).
 SHM_THRESHOLD = 256 * 1024
 
 SHM_DIR = "/dev/shm"
