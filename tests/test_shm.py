@@ -267,3 +267,24 @@ def test_small_memoryview_beside_a_big_array():
     assert len(names) == 1
     arr, mv = shm.unpack(data)
     assert arr.sum() == MiB and mv.tobytes() == b"tiny"
+
+
+def _double_and_describe(a):
+    import mmap as _mmap
+
+    return a * 2, isinstance(base_object(a), _mmap.mmap), a.flags.writeable
+
+
+@pytest.mark.timeout(90)
+def test_pool_carries_big_arrays_both_ways(start_method):
+    import allcores
+
+    arrays = [np.full(100_000, i, dtype=np.float64) for i in range(6)]  # 800 KB each
+    with allcores.Pool(2, context=start_method) as pool:
+        out = pool.map(_double_and_describe, arrays, chunksize=1)
+    for i, (arr, _zero_copy_in, writable) in enumerate(out):
+        assert arr.shape == (100_000,) and arr[0] == 2 * i and arr[-1] == 2 * i
+        assert writable
+    # Once the engine sends messages through shm (see shm.pack), also:
+    # assert all(zero_copy_in for _, zero_copy_in, _ in out)
+    # assert all(isinstance(base_object(arr), mmap.mmap) for arr, _, _ in out)
