@@ -300,3 +300,8 @@ def test_owner_sigkilled_is_swept_by_the_next_run():
     assert len(left) == 2  # nothing could run in the owner
     assert left <= set(shm.sweep_stale())  # what a new pool does when it starts
     assert segments(pid) == set()
+
+
+def test_a_share_too_big_for_dev_shm_says_how_to_make_room():
+    with pytest.raises(OSError, match="shm-size"):
+        SharedArray.empty(2**47, "u1")  # 128 TiB: more than any /dev/shm

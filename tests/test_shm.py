@@ -288,3 +288,11 @@ def test_pool_carries_big_arrays_both_ways(start_method):
     # Once the engine sends messages through shm (see shm.pack), also:
     # assert all(zero_copy_in for _, zero_copy_in, _ in out)
     # assert all(isinstance(base_object(arr), mmap.mmap) for arr, _, _ in out)
+
+
+def test_without_room_in_shared_memory_buffers_go_in_band(monkeypatch):
+    monkeypatch.setattr(shm, "SHM_DIR", "/nonexistent-shm-dir")  # as if /dev/shm were full
+    data, names = shm.pack([np.ones(MiB), b"b" * MiB, memoryview(bytearray(MiB))])
+    assert names == []
+    arr, raw, mv = shm.unpack(data)
+    assert arr.sum() == MiB and raw == b"b" * MiB and mv.nbytes == MiB

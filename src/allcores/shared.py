@@ -388,6 +388,9 @@ def share(obj: Any, writable: bool = False) -> SharedArray:
             shm.write_all(fd, flat)
         finally:
             os.close(fd)
+    except OSError as exc:
+        shm.discard([name])
+        raise shm.no_space_error(flat.nbytes, exc) from exc
     except BaseException:
         shm.discard([name])
         raise

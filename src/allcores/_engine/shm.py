@@ -45,6 +45,7 @@ __all__ = [
     "discard",
     "is_shm_message",
     "new_segment",
+    "no_space_error",
     "pack",
     "segment_path",
     "segments_of",
@@ -113,7 +114,13 @@ def new_segment(size: int = 0, *, tag: str = "") -> tuple[str, int]:
         break
     if size:
         try:
-            os.ftruncate(fd, size)  # sparse: tmpfs hands out zero pages on first touch
+            # Reserve the pages now: a sparse file in a full /dev/shm would make the first
+            # write through a map die of SIGBUS instead of raising here.
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            os.close(fd)
+            _unlink(name)
+            raise no_space_error(size, exc) from exc
         except BaseException:
             os.close(fd)
             _unlink(name)
@@ -121,12 +128,31 @@ def new_segment(size: int = 0, *, tag: str = "") -> tuple[str, int]:
     return name, fd
 
 
+def no_space_error(size: int, exc: OSError) -> OSError:
+    """The error for a segment that /dev/shm cannot hold, saying how to make room."""
+    try:
+        st = os.statvfs(SHM_DIR)
+        avail, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        free = f"{avail / 2**20:.0f} MiB free of {total / 2**20:.0f} MiB"
+    except OSError:
+        free = "size unknown"
+    return OSError(
+        exc.errno,
+        f"cannot place {size / 2**20:.1f} MiB in shared memory ({SHM_DIR}: {free}): "
+        f"{exc.strerror}. Make /dev/shm larger (docker run --shm-size=8g, or "
+        "mount -o remount,size=... /dev/shm) or share less at once.",
+    )
+
+
 def write_all(fd: int, data: memoryview) -> None:
     """write(2) all of a flat byte view, in the chunks Linux allows."""
     done = 0
     nbytes = len(data)
     while done < nbytes:
-        done += os.write(fd, data[done : done + _MAX_IO])
+        n = os.write(fd, data[done : done + _MAX_IO])
+        if n <= 0:
+            raise OSError(28, "No space left on device")  # ENOSPC; write(2) wrote nothing
+        done += n
 
 
 def _create_segment(data: memoryview) -> str:
@@ -186,7 +212,11 @@ def _read_segment(name: str, size: int, into: bytearray | None = None) -> bytes 
             view = memoryview(out)
             done = 0
             while done < size:
-                done += os.readv(fd, [view[done : done + _MAX_IO]])
+                n = os.readv(fd, [view[done : done + _MAX_IO]])
+                if n <= 0:
+                    break  # shorter than announced: reported below
+                done += n
+            out = out if done == size else out[:done]
             if into is None:
                 out = bytes(out)
     finally:
@@ -280,8 +310,14 @@ class _Segments:
         self.entries: list[tuple[str, int, int]] = []  # (name, size, kind)
         self.persistent = False  # did the pickle use our persistent ids (even without segments)?
 
-    def add(self, data: memoryview, kind: int) -> int:
-        name = _create_segment(data)
+    def add(self, data: memoryview, kind: int) -> int | None:
+        """Copy ``data`` into a new segment; None when shared memory cannot take it."""
+        try:
+            name = _create_segment(data)
+        except OSError:
+            # /dev/shm full (docker's default is 64 MiB), missing, or out of file descriptors:
+            # the buffer goes through the pipe instead, slower but correct.
+            return None
         self.entries.append((name, len(data), kind))
         return len(self.entries) - 1
 
@@ -293,8 +329,7 @@ class _Segments:
             return True
         if raw.nbytes < self.threshold:
             return True
-        self.add(raw, _KIND_BUFFER)
-        return False
+        return self.add(raw, _KIND_BUFFER) is None
 
     @property
     def names(self) -> list[str]:
@@ -309,15 +344,19 @@ def _persistent_id(self: Any, obj: Any) -> Any:
         segs = self._allcores_segments
         if len(obj) < segs.threshold:
             return None
-        kind = _KIND_BYTES if tp is bytes else _KIND_BYTEARRAY
+        index = segs.add(memoryview(obj), _KIND_BYTES if tp is bytes else _KIND_BYTEARRAY)
+        if index is None:
+            return None  # no room in shared memory: in-band
         segs.persistent = True
-        return (_PID_TAG, segs.add(memoryview(obj), kind))
+        return (_PID_TAG, index)
     if tp is memoryview:
         segs = self._allcores_segments
         segs.persistent = True
         meta = (obj.format, obj.shape, obj.readonly)
         if obj.nbytes >= segs.threshold and obj.c_contiguous:
-            return (_PID_TAG, segs.add(obj.cast("B"), _KIND_MEMORYVIEW), *meta)
+            index = segs.add(obj.cast("B"), _KIND_MEMORYVIEW)
+            if index is not None:
+                return (_PID_TAG, index, *meta)
         return (_PID_TAG, obj.tobytes(), *meta)  # small or strided: a copy in-band
     return None
 
