@@ -143,6 +143,9 @@ def test_close_unlinks_but_existing_views_stay_valid():
     h.close()
     h.close()  # twice is fine
     assert name not in segments()
+    import allcores.shared as shared
+
+    assert not [key for key in shared._maps if key[0] == name]  # this process let go too
     assert view.sum() == sum(range(1000))
     with pytest.raises(ValueError, match="closed"):
         pickle.dumps(h)

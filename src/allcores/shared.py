@@ -98,11 +98,18 @@ def _is_ndarray(obj: Any) -> bool:
     return np is not None and isinstance(obj, np.ndarray)
 
 
+def _forget(name: str) -> None:
+    """Drop this process's cached maps of one share (views already taken stay valid)."""
+    _maps.pop((name, True), None)
+    _maps.pop((name, False), None)
+
+
 def _release(name: str, owner_pid: int) -> None:
     # A forked child inherits the owner's handle object (and this finalizer): only the owner
     # may unlink, or a child dropping its copy would pull the segment from under the parent.
     if os.getpid() == owner_pid:
         shm.discard([name])
+        _forget(name)
 
 
 class SharedArray:
@@ -322,6 +329,7 @@ class SharedArray:
         """
         self._closed = True
         self._map = None
+        _forget(self._name)
         if self._finalizer is not None:
             self._finalizer()
 
