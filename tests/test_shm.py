@@ -285,9 +285,10 @@ def test_pool_carries_big_arrays_both_ways(start_method):
     for i, (arr, _zero_copy_in, writable) in enumerate(out):
         assert arr.shape == (100_000,) and arr[0] == 2 * i and arr[-1] == 2 * i
         assert writable
-    # Once the engine sends messages through shm (see shm.pack), also:
-    # assert all(zero_copy_in for _, zero_copy_in, _ in out)
-    # assert all(isinstance(base_object(arr), mmap.mmap) for arr, _, _ in out)
+    import mmap
+
+    assert all(zero_copy_in for _, zero_copy_in, _ in out)  # arguments arrived as maps
+    assert all(isinstance(base_object(arr), mmap.mmap) for arr, _, _ in out)  # results too
 
 
 def test_without_room_in_shared_memory_buffers_go_in_band(monkeypatch):
@@ -296,3 +297,44 @@ def test_without_room_in_shared_memory_buffers_go_in_band(monkeypatch):
     assert names == []
     arr, raw, mv = shm.unpack(data)
     assert arr.sum() == MiB and raw == b"b" * MiB and mv.nbytes == MiB
+
+
+def _double_or_die(args):
+    i, arr = args
+    if i == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-task, its big argument mapped
+    return arr * 2
+
+
+def _double_or_raise(args):
+    i, arr = args
+    if i == 0:
+        raise ValueError("first item fails; the rest is dropped")
+    return arr * 2
+
+
+@pytest.mark.timeout(90)
+def test_no_segment_survives_a_killed_worker_or_dropped_work(start_method, monkeypatch):
+    import allcores
+
+    allcores.shutdown()
+    monkeypatch.setenv("ALLCORES_START_METHOD", start_method)  # the default pool's method
+    items = [(i, np.full(100_000, float(i))) for i in range(8)]  # 800 KB each: via shm
+    try:
+        workers = set(allcores.map(_pid, range(8), workers=2, chunksize=1))
+        out = allcores.map(_double_or_die, items, workers=2, chunksize=1, on_error="collect")
+        assert isinstance(out[3], allcores.WorkerCrashedError)
+        workers.add(out[3].pid)
+        assert [a[0] for i, a in enumerate(out) if i != 3] == [2.0 * i for i in range(8) if i != 3]
+        with pytest.raises(ValueError, match="first item fails"):
+            allcores.map(_double_or_raise, items, workers=2, chunksize=1)
+        workers |= set(allcores.map(_pid, range(8), workers=2, chunksize=1))
+    finally:
+        allcores.shutdown()  # chunks still queued are freed when their pool stops
+    assert len(workers) >= 3
+    for pid in workers:
+        assert segments(pid) == set()
+
+
+def _pid(_):
+    return os.getpid()
