@@ -153,6 +153,13 @@ def test_discard_frees_a_dropped_message_and_unpack_then_says_why():
         shm.unpack(data)
 
 
+def test_sweep_stale_spares_live_processes():
+    data, names = shm.pack(np.ones(MiB))
+    assert not set(names) & set(shm.sweep_stale())  # this process is alive
+    assert set(names) <= segments()
+    shm.discard(names)
+
+
 def test_large_pickle_of_small_objects_takes_no_second_pass():
     # A big list of ints has no bytes in-band: the frame walker must say so (no slow pass).
     data = pickle.dumps(list(range(300_000)), protocol=5)
@@ -168,7 +175,11 @@ _arrays = st.builds(
     st.integers(0, 3000),
     st.integers(0, 2**32 - 1),
 )
-_blobs = st.one_of(st.binary(max_size=3000), st.binary(max_size=3000).map(bytearray))
+_blobs = st.one_of(
+    st.binary(max_size=3000),
+    st.binary(max_size=3000).map(bytearray),
+    st.binary(max_size=3000).map(memoryview),
+)
 _leaves = st.one_of(_arrays, _blobs, st.integers(), st.text(max_size=20), st.none())
 _objects = st.recursive(
     _leaves,
