@@ -135,11 +135,15 @@ def failing_initializer():
     raise OSError("initializer could not open its resource")
 
 
-def limit_memory(max_bytes):
-    """Initializer: cap the worker's address space, so an unbounded allocation fails safely."""
+def limit_memory(extra_bytes):
+    """Initializer: cap the worker's address space a little above what it already maps, so an
+    unbounded allocation fails safely with MemoryError (whatever the parent had imported)."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    with open("/proc/self/status") as f:
+        vm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    cap = vm_kib * 1024 + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
 _hoard = []

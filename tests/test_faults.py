@@ -70,7 +70,7 @@ MATRIX = {
     "hangs": (hang_on, list(range(N)), {}, {"timeout": 1}, TaskTimeoutError,
               "ran longer than its timeout"),
     "allocates without bound": (allocate_on, list(range(N)),
-                                {"initializer": limit_memory, "initargs": (1 << 30,)}, {},
+                                {"initializer": limit_memory, "initargs": (512 << 20,)}, {},
                                 MemoryError, ""),
 }
 

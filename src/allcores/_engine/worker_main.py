@@ -112,15 +112,21 @@ def _encode_done(done: ChunkDone) -> bytes:
     return shm.pack(fixed)[0]
 
 
+# Exit status of a worker whose input reader failed (out of memory while receiving, say): the
+# worker can no longer hear the manager, so it exits and the manager reports the crash.
+READER_FAILED_EXIT = 70
+
+
 def _reader(conn, inbox: queue.SimpleQueue) -> None:
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            # The manager is gone (the parent died or the pool was terminated): there is nobody
-            # to report to, so stop now rather than finish work whose results would be lost.
-            os._exit(0)
-        inbox.put(data)
+    try:
+        while True:
+            inbox.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        # The manager is gone (the parent died or the pool was terminated): there is nobody
+        # to report to, so stop now rather than finish work whose results would be lost.
+        os._exit(0)
+    except BaseException:
+        os._exit(READER_FAILED_EXIT)
 
 
 def worker_main(
