@@ -294,8 +294,14 @@ class Queue:
             raise ValueError(f"{self!r} is closed")
         if self._error is not None:
             self._raise_error()
-        if self._slots is not None and not self._slots.acquire(block, timeout):
-            raise _stdlib_queue.Full
+        if self._slots is not None and not self._slots.acquire(False):
+            # Full. Our own buffered items may be what fills it: send them before waiting.
+            deadline = None if timeout is None else monotonic() + timeout
+            if block:
+                self._flush(block=True, deadline=deadline)
+            remaining = None if deadline is None else max(0.0, deadline - monotonic())
+            if not block or not self._slots.acquire(True, remaining):
+                raise _stdlib_queue.Full
         with self._plock:
             pending = self._pending
             pending.append(obj)
@@ -324,14 +330,22 @@ class Queue:
         items = list(items)
         if self._slots is not None:
             deadline = None if timeout is None else monotonic() + timeout
+            done = 0  # items[:done] are in our buffer
             for i in range(len(items)):
+                if self._slots.acquire(False):
+                    continue
+                # Full: send what we have (consumers can only free room for what they see)
+                self._extend(items[done:i])
+                done = i
+                if block:
+                    self._flush(block=True, deadline=deadline)
                 remaining = None if deadline is None else max(0.0, deadline - monotonic())
-                if not self._slots.acquire(block, remaining):
-                    self._extend(items[:i])
+                if not block or not self._slots.acquire(True, remaining):
                     self._flush(block=False, deadline=None)
                     err = _stdlib_queue.Full(f"put {i} of {len(items)} items")
                     err.put_count = i  # type: ignore[attr-defined]
                     raise err
+            items = items[done:]
         self._extend(items)
         self._flush(block=False, deadline=None)
         if self._error is not None:
