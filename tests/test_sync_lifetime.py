@@ -1,0 +1,175 @@
+"""Who removes the kernel objects, and when: after use, after Ctrl-C, after SIGKILL, across fork."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+import allcores
+from allcores.sync import _resources
+
+TIMEOUT = 60
+FORK = multiprocessing.get_context("fork")
+
+
+def _by_pid(pid: int) -> set[str]:
+    tag = f"-{pid}-"
+    return {f for f in os.listdir("/dev/shm") if "allcores-sync-" in f and tag in f}
+
+
+def _ours() -> set[str]:
+    return _by_pid(os.getpid()) - {"sem." + _resources._me.name[1:]}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = _ours()
+    yield
+    gc.collect()
+    assert _ours() - before == set(), "semaphores / shared memory left in /dev/shm"
+
+
+MAKE_EVERYTHING = """
+    import os, sys
+    import allcores
+    from multiprocessing import resource_tracker
+    objs = [allcores.Queue(maxsize=5), allcores.Lock(), allcores.RLock(), allcores.Semaphore(3),
+            allcores.Event(), allcores.Barrier(2), allcores.Value("d", 1.0), allcores.Counter(),
+            *allcores.Pipe()]
+    objs[0].put("x")
+    objs[0].put(os.urandom(1 << 20))  # a spilled item, never read
+    objs[0].flush()
+    objs[4].wait(0.001)               # this thread's private wake semaphore exists now
+    print(os.getpid(), resource_tracker._resource_tracker._pid, flush=True)
+    sys.stdin.readline()              # the test looks at /dev/shm, then lets us go on
+"""
+
+
+def _start(script: str) -> tuple[subprocess.Popen, int, int]:
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=TIMEOUT)
+        raise AssertionError(err)
+    pid, tracker = map(int, line.split())
+    assert len(_by_pid(pid)) >= 12  # they exist while the program runs
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return proc, pid, tracker
+
+
+def test_normal_exit_removes_everything():
+    proc, pid, _ = _start(MAKE_EVERYTHING)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert _by_pid(pid) == set()
+    assert "leaked" not in err  # the resource tracker had nothing left to clean
+
+
+def test_ctrl_c_removes_everything():
+    proc, pid, _ = _start(MAKE_EVERYTHING + "\n    objs[4].wait()  # blocks until Ctrl-C\n")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert "KeyboardInterrupt" in err
+    assert _by_pid(pid) == set()
+    assert "leaked" not in err
+
+
+def test_sigkill_of_the_owner_is_cleaned_by_the_tracker_and_sweep():
+    proc, pid, tracker = _start(MAKE_EVERYTHING + "\n    os.kill(os.getpid(), 9)\n")
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+    try:  # the tracker notices its last user is gone and unlinks what was registered
+        psutil.Process(tracker).wait(TIMEOUT)
+    except psutil.NoSuchProcess:
+        pass
+    leftovers = _by_pid(pid)
+    # only the spilled item's file and the thread's wake semaphore are not tracker-registered:
+    assert all("-x" in f or "sync-w-" in f for f in leftovers), leftovers
+    _resources.sweep_dead_waiters()
+    assert not [f for f in _by_pid(pid) if "sync-w-" in f]
+    for f in _by_pid(pid):  # the spill of a SIGKILLed owner is the one documented leftover
+        os.unlink(f"/dev/shm/{f}")
+
+
+def use_then_die(q, lock, counter, event, done):
+    with lock:
+        counter.increment()
+    q.put("before death")
+    q.flush()
+    event.wait(0.001)  # creates this worker's private wake semaphore
+    done.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_sigkill_of_a_worker_leaves_objects_usable_and_nothing_behind():
+    q, lock, counter, event, done = (allcores.Queue(), allcores.Lock(), allcores.Counter(),
+                                     allcores.Event(), allcores.Event())
+    p = FORK.Process(target=use_then_die, args=(q, lock, counter, event, done))
+    p.start()
+    p.join(TIMEOUT)
+    assert p.exitcode == -signal.SIGKILL and done.is_set()
+    assert q.get(timeout=TIMEOUT) == "before death"
+    assert lock.acquire(timeout=TIMEOUT)
+    lock.release()
+    assert counter.value == 1
+    _resources.sweep_dead_waiters()
+    assert _by_pid(p.pid) == set()  # a worker only opens names, so it leaves none behind
+    q.close()
+
+
+def try_rlock(rlock, result):
+    got = rlock.acquire(timeout=0.05)
+    result.value = 1 if got else 0
+
+
+def test_forked_child_does_not_inherit_rlock_ownership():
+    rlock, result = allcores.RLock(), allcores.Value("i", -1)
+    with rlock:  # held by this thread while forking
+        p = FORK.Process(target=try_rlock, args=(rlock, result))
+        p.start()
+        p.join(TIMEOUT)
+    assert result.value == 0  # the child is another owner: it must not get in
+
+
+def exit_quietly():
+    pass
+
+
+def test_fork_does_not_send_buffered_items_twice():
+    q = allcores.Queue()
+    for i in range(10):
+        q.put(i)  # most likely still in this process's buffer when we fork
+    p = FORK.Process(target=exit_quietly)
+    p.start()
+    p.join(TIMEOUT)
+    q.flush()
+    got = q.get_many(100, timeout=TIMEOUT)
+    assert got == list(range(10))
+    q.close()
+
+
+def test_private_wake_semaphore_of_a_thread_goes_with_the_thread():
+    import threading
+
+    names = []
+
+    def waiter():
+        allcores.Event().wait(0.001)
+        names.append(_resources._me.name)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(TIMEOUT)
+    gc.collect()
+    assert names and not os.path.exists("/dev/shm/sem." + names[0][1:])
