@@ -100,6 +100,7 @@ class Manager:
         self._chunk_ids = itertools.count()
         self._crashes_in_a_row = 0
         self._broken: BaseException | None = None
+        shm.sweep_stale()  # segments of runs that were SIGKILLed before they could clean up
         # Fork the first workers here, in the caller's thread, before the manager thread exists:
         # a fork from a single-threaded process is the safe kind.
         for slot in range(workers):

@@ -13,6 +13,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -129,6 +130,13 @@ def _reader(conn, inbox: queue.SimpleQueue) -> None:
         os._exit(READER_FAILED_EXIT)
 
 
+def _going_idle() -> None:
+    """Housekeeping while no work waits: let go of maps of shares their owner has closed."""
+    shared = sys.modules.get("allcores.shared")
+    if shared is not None:
+        shared.forget_closed_maps()
+
+
 def worker_main(
     worker_id: int,
     task_conn,
@@ -161,6 +169,8 @@ def worker_main(
     perf_counter = time.perf_counter
 
     while True:
+        if inbox.empty():
+            _going_idle()
         msg = serialization.loads(inbox.get())
         if isinstance(msg, Stop):
             return
