@@ -413,6 +413,8 @@ class Job:
         if self.finished:
             return
         self.finished = True
+        for chunk in self.pending:
+            release(chunk)  # a chunk packed ahead holds shared memory
         self.pending.clear()
         self.delayed.clear()
         self._close_progress()

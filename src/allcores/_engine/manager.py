@@ -38,7 +38,7 @@ from typing import Any
 from allcores import errors as _errors
 from allcores._engine import processes, serialization, shm
 from allcores._engine.jobs import Chunk, Job, attach_traceback, release
-from allcores._engine.messages import ChunkDone, InitFailed, RunChunk, Stop
+from allcores._engine.messages import ChunkDone, InitFailed, Recycled, RunChunk, Stop
 from allcores._engine.processes import WorkerHandle
 from allcores._engine.scheduler import admit, describe_exit, should_recycle
 
@@ -55,6 +55,11 @@ MAX_CRASHES_IN_A_ROW = 20
 # How often the machine's available memory is read while work is held back for lack of it
 # (memory has no event to wait on; this is the engine's only timer that is not a deadline).
 MEMORY_RECHECK_SECONDS = 0.1
+# Argument segments that workers gave back, kept to be overwritten by the next big arguments
+# (fresh shared-memory pages cost three times more than reused ones, and freeing them costs
+# too). Kept across calls, so repeated maps over big arrays reuse them; at most this much, and
+# freed when the pool closes.
+RECYCLE_MAX_BYTES = 512 << 20
 # How long terminate() waits for SIGTERMed workers before SIGKILL.
 TERMINATE_GRACE = 0.5
 
@@ -83,6 +88,7 @@ class Manager:
         self.workers = workers
         self.memory_reserve = memory_reserve
         self._held_back = False  # work waits for memory (admission control)
+        self._segments = shm.SegmentPool(RECYCLE_MAX_BYTES)
         self.context = context
         self.init_blob = init_blob
         self.max_tasks_per_child = max_tasks_per_child
@@ -257,6 +263,26 @@ class Manager:
                     break
                 self._send(handle, chunk, now)
                 in_flight += 1
+        self._prepare_ahead()
+
+    def _prepare_ahead(self) -> None:
+        """Cut and pack the next chunk while every worker is busy, so a worker that finishes
+        gets it at once: for big arguments the packing costs as much as the work."""
+        if not self._feedable:
+            return
+        job = self._feedable[0]
+        if job.finished or job.pending or not job.sizer.learned or not job.can_feed():
+            return
+        chunk = job.next_chunk()
+        if chunk is None:
+            if job.maybe_finish():
+                self._finish_job(job)
+            return
+        try:
+            chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
+        except Exception:
+            pass  # packed again when sent, where the failure is reported item by item
+        job.pending.appendleft(chunk)
 
     def _has_room(self, handle: WorkerHandle) -> bool:
         if handle.retiring or handle.stopping or handle.timed_out is not None:
@@ -309,7 +335,7 @@ class Manager:
         if chunk.payload is None:
             try:
                 # Big buffers (numpy arrays, bytes) go through shared memory, not the pipe.
-                chunk.payload, chunk.segments = shm.pack(chunk.items)
+                chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
             except Exception:
                 self._unpicklable_items(chunk, now)
                 return
@@ -380,6 +406,9 @@ class Manager:
             message = exc
         if isinstance(message, InitFailed):
             self._initializer_failed(handle, message)
+            return True
+        if isinstance(message, Recycled):
+            self._segments.give(message.names)
             return True
         chunk = handle.in_flight.popleft()
         job = chunk.job
@@ -607,6 +636,7 @@ class Manager:
             handle.process.join(max(0.0, deadline - time.monotonic()))
             if handle.process.exitcode is None:
                 processes.kill(handle)
+        self._segments.clear()
         for handle in handles:
             for chunk in handle.in_flight:
                 release(chunk)

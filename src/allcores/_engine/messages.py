@@ -1,8 +1,8 @@
 """The messages that cross the pipes between the manager and a worker.
 
 Each is a small frozen dataclass with slots: typed, self-describing, and cheap to pickle.
-Parent -> worker: :class:`RunChunk`, :class:`Stop`. Worker -> parent: :class:`Ready`,
-:class:`ChunkDone`, :class:`InitFailed`.
+Parent -> worker: :class:`RunChunk`, :class:`Stop`. Worker -> parent: :class:`ChunkDone`,
+:class:`Recycled`, :class:`InitFailed`.
 """
 
 from __future__ import annotations
@@ -66,15 +66,16 @@ class ChunkDone:
 
 
 @dataclass(frozen=True, slots=True)
-class Ready:
-    """Sent once by a worker after its initializer succeeded."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
 class InitFailed:
-    """Sent instead of :class:`Ready` when the initializer raised; the worker then exits."""
+    """Sent when the initializer raised, before any work; the worker then exits."""
 
     error: BaseException
     traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recycled:
+    """Sent after a :class:`ChunkDone`: shared-memory segments of the chunk's arguments that the
+    worker no longer views, which the manager may write the next arguments into."""
+
+    names: tuple[str, ...]

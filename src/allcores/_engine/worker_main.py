@@ -27,6 +27,7 @@ from allcores._engine.messages import (
     CALL_STAR,
     ChunkDone,
     InitFailed,
+    Recycled,
     RunChunk,
     Stop,
     TaskError,
@@ -130,6 +131,14 @@ def _reader(conn, inbox: queue.SimpleQueue) -> None:
         os._exit(READER_FAILED_EXIT)
 
 
+def _give_back(kept: list, result_conn) -> None:
+    """Tell the manager which argument segments this worker no longer views."""
+    if kept:
+        free = shm.release_kept(kept)
+        if free:
+            result_conn.send_bytes(serialization.dumps(Recycled(tuple(free))))
+
+
 def _going_idle() -> None:
     """Housekeeping while no work waits: let go of maps of shares their owner has closed."""
     shared = sys.modules.get("allcores.shared")
@@ -179,13 +188,14 @@ def worker_main(
             functions.pop(fn_id, None)
         load_error = None
         items: list = []
+        kept: list = []  # maps of recyclable argument segments, given back after the chunk
         fn = functions.get(msg.fn_id)
         try:
             if fn is None:
                 if msg.fn_blob is None:
                     raise RuntimeError(f"allcores internal error: unknown function {msg.fn_id}")
                 fn = functions[msg.fn_id] = serialization.loads_function(msg.fn_blob)
-            items = shm.unpack(msg.items)
+            items = shm.unpack(msg.items, keep=kept)
         except BaseException as exc:
             err = _errors.ArgumentPicklingError(
                 f"the task's function or arguments could not be unpickled in the worker: "
@@ -196,6 +206,7 @@ def worker_main(
         if load_error is not None:
             done = ChunkDone(msg.chunk_id, [], (), 0, 0.0, rss_bytes(), load_error)
             result_conn.send_bytes(serialization.dumps(done))
+            _give_back(kept, result_conn)
             continue
         started = perf_counter()
         values, errs = _run(fn, items, msg.mode, msg.stop_on_error)
@@ -203,3 +214,4 @@ def worker_main(
         done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes())
         result_conn.send_bytes(_encode_done(done))
         del items, values, errs, done
+        _give_back(kept, result_conn)
