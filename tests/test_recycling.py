@@ -16,14 +16,14 @@ BIG = 1 << 17  # float64 items: 1 MiB, above the shared-memory threshold
 
 
 def test_segment_pool_best_fit_and_bound(tmp_path):
-    pool = shm.SegmentPool(max_bytes=3 << 20)
+    pool = shm.SegmentPool(max_bytes=5 << 20)
     names = [shm.pack(np.zeros(n))[1][0] for n in (BIG, 2 * BIG, 4 * BIG)]
     try:
         pool.give(names[:2])
         assert len(pool) == 2
         assert pool.take(BIG * 8) == names[0]  # the smallest that fits
         assert pool.take(BIG * 6) is None  # 2 MiB is more than twice 0.75 MiB: not handed out
-        pool.give([names[2]])  # 2 + 4 MiB > 3 MiB: the oldest goes
+        pool.give([names[2]])  # 2 + 4 MiB > 5 MiB: the oldest goes
         assert len(pool) == 1
         assert not os.path.exists(shm.segment_path(names[1]))
     finally:
