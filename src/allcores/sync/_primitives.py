@@ -27,10 +27,13 @@ from allcores.sync._resources import (
     SEM_VALUE_MAX,
     SEMAPHORE,
     Owner,
+    RobustMutex,
     WaitList,
+    create_mutex,
     create_semlock,
     create_shm,
     my_semaphore,
+    open_mutex,
     open_semlock,
     open_shm,
     sleep_on,
@@ -188,27 +191,28 @@ class _ShmBase:
     _wl: WaitList | None
 
     def _create(self, waiters: int = 0, extra_bytes: int = 0) -> None:
-        size = 8 * self._SLOTS + (WaitList.size(waiters) if waiters else 0) + extra_bytes
+        # one more slot than the class uses: the mutex holder's pid
+        size = 8 * (self._SLOTS + 1) + (WaitList.size(waiters) if waiters else 0) + extra_bytes
         self._shm_name, self._mm = create_shm(size)
-        self._lock_name, self._lock = create_semlock(SEMAPHORE, 1, 1)
+        self._lock_name, sem, recovery, names = create_mutex()
         self._waiters = waiters
-        self._owner: Owner | None = Owner(self, [self._lock_name], [self._shm_name])
-        self._map()
+        self._owner: Owner | None = Owner(self, names, [self._shm_name])
+        self._map(sem, recovery)
         _registry[self._shm_name] = self
 
     def _attach(self, shm_name: str, lock_name: str, waiters: int, *extra: Any) -> None:
         self._shm_name, self._lock_name, self._waiters = shm_name, lock_name, waiters
         self._mm = open_shm(shm_name)
-        self._lock = open_semlock(SEMAPHORE, 1, lock_name)
         self._owner = None
-        self._map()
+        self._map(*open_mutex(lock_name))
         self._attach_extra(*extra)
 
-    def _map(self) -> None:
-        self._h = memoryview(self._mm)[: 8 * self._SLOTS].cast("q")
-        self._wl = WaitList(self._mm, 8 * self._SLOTS, self._waiters) if self._waiters else None
-        self._extra_offset = 8 * self._SLOTS + (WaitList.size(self._waiters) if self._waiters
-                                                else 0)
+    def _map(self, sem: Any, recovery: Any) -> None:
+        top = 8 * (self._SLOTS + 1)
+        self._h = memoryview(self._mm)[:top].cast("q")
+        self._lock = RobustMutex(sem, recovery, self._h, self._SLOTS)
+        self._wl = WaitList(self._mm, top, self._waiters) if self._waiters else None
+        self._extra_offset = top + (WaitList.size(self._waiters) if self._waiters else 0)
 
     def _attach_extra(self) -> None:
         pass
@@ -466,13 +470,12 @@ class Counter(_ShmBase):
 
     def increment(self, n: int = 1) -> int:
         """Add ``n`` (may be negative) atomically and return the new value."""
-        lock = self._lock
-        lock.acquire()
+        self._lock.acquire()
         try:
             v = self._h[0] + n
             self._h[0] = v
         finally:
-            lock.release()
+            self._lock.release()
         return v
 
     @property

@@ -28,7 +28,9 @@ mutate an object after putting it. ``flush()`` makes everything put so far visib
 
 Shared header (int64 slots) and record layout::
 
-    header: HEAD TAIL SUB NEXT_ID ITEMS CAP, then the consumers' and producers' wait lists
+    header: HEAD TAIL SUB NEXT_ID ITEMS CAP SUB_POS HOLDER, then the consumers' and producers'
+            wait lists (SUB counts the claimed items of the record at SUB_POS; HOLDER is the pid
+            holding the mutex)
     record: [batch_id q][n i][flags i][nbytes q][payload, padded to 8 bytes]
 
 Positions only grow; ``pos % CAP`` is the offset. A record never wraps: the writer skips the end of
@@ -56,13 +58,18 @@ from typing import Any
 from allcores.sync._primitives import _registry
 from allcores.sync._resources import (
     FINALIZE_PRIORITY,
+    LOCK_CHECK_S,
     SEMAPHORE,
     Owner,
+    RobustMutex,
     WaitList,
+    _pid,
+    create_mutex,
     create_semlock,
     create_shm,
     my_semaphore,
     new_name,
+    open_mutex,
     open_semlock,
     open_shm,
     sleep_on,
@@ -90,7 +97,7 @@ def _pad8(n: int) -> int:
 
 
 _PROTO = pickle.HIGHEST_PROTOCOL
-_HEAD, _TAIL, _SUB, _NEXT_ID, _ITEMS, _CAP = range(6)
+_HEAD, _TAIL, _SUB, _NEXT_ID, _ITEMS, _CAP, _SUB_POS, _HOLDER = range(8)
 # threads (over all processes) that may sleep in get() at once, and in put() at once
 QUEUE_MAX_WAITERS = 128
 _WL = WaitList.size(QUEUE_MAX_WAITERS)
@@ -234,8 +241,7 @@ class Queue:
         if maxsize < 0:
             raise ValueError(f"maxsize must be >= 0, got {maxsize}")
         self._ring_name, mm = create_shm(_DATA + RING_BYTES)
-        lock_name, lock = create_semlock(SEMAPHORE, 1, 1)
-        names = [lock_name]
+        lock_name, sem, recovery, names = create_mutex()
         slots_name, slots = "", None
         if maxsize:  # counts items anywhere (buffered or in the ring), like multiprocessing
             slots_name, slots = create_semlock(SEMAPHORE, maxsize, maxsize)
@@ -245,7 +251,7 @@ class Queue:
                       exitpriority=FINALIZE_PRIORITY)
         self._names = (lock_name, slots_name)
         self._maxsize = maxsize
-        self._setup(mm, lock, slots)
+        self._setup(mm, sem, recovery, slots)
         self._h[_CAP] = RING_BYTES
         _registry[self._ring_name] = self
 
@@ -256,16 +262,19 @@ class Queue:
         lock_name, slots_name = names
         self._setup(
             mm,
-            open_semlock(SEMAPHORE, 1, lock_name),
+            *open_mutex(lock_name),
             open_semlock(SEMAPHORE, maxsize, slots_name) if slots_name else None,
         )
 
-    def _setup(self, mm, lock, slots) -> None:
+    def _setup(self, mm, sem, recovery, slots) -> None:
         self._mm = mm
         self._h = memoryview(mm)[:64].cast("q")
         self._cwl = WaitList(mm, 64, QUEUE_MAX_WAITERS)  # sleeping in get()
         self._pwl = WaitList(mm, 64 + _WL, QUEUE_MAX_WAITERS)  # sleeping for ring space
-        self._lock = lock
+        self._sem = sem  # the mutex's semaphore, used directly on the hot path of get()
+        ref = weakref.ref(self)
+        self._lock = RobustMutex(sem, recovery, self._h, _HOLDER,
+                                 repair=lambda: ref()._repair_locked())  # type: ignore[union-attr]
         self._slots = slots
         self._closed = False
         self._reset_local()
@@ -489,24 +498,30 @@ class Queue:
         """Remove and return an item; ``queue.Empty`` if none comes (non-blocking/timeout)."""
         if self._closed:
             raise ValueError(f"{self!r} is closed")
-        h, lock = self._h, self._lock
+        h, sem = self._h, self._sem
         # Fast path: the head record is the one this process already unpickled, so claiming an
-        # item is three integer updates under the mutex (no copy, no unpickling).
+        # item is a few integer updates under the mutex (no copy, no unpickling). The mutex is
+        # RobustMutex.acquire/release written out, to save two method calls per item.
         pos, n, reclen, items = self._cache
-        lock.acquire()
+        if not sem.acquire(True, LOCK_CHECK_S):
+            self._lock._acquire_slow()
+        h[_HOLDER] = _pid[0]
         try:
             hit = h[_ITEMS] and h[_HEAD] == pos
             if hit:
                 sub = h[_SUB]
                 h[_ITEMS] -= 1
                 if sub + 1 < n:
-                    h[_SUB] = sub + 1
+                    h[_SUB] = sub + 1  # one store: the claim is made, or not
                 else:
+                    # the claim is the HEAD store; SUB only counts for the record at SUB_POS
+                    head = pos + reclen
+                    h[_HEAD] = head
                     h[_SUB] = 0
-                    h[_HEAD] = pos + reclen
+                    h[_SUB_POS] = head
                     self._pwl.wake_all()
         finally:
-            lock.release()
+            sem.release()
         if not hit:
             return self._get_slow(1, block, timeout)[0]
         if self._slots is not None:
@@ -605,10 +620,41 @@ class Queue:
                 head += reclen
                 sub = 0
                 freed = True
-        h[_HEAD], h[_SUB] = head, sub
+        h[_HEAD] = head  # stores in this order: a holder killed between them leaves a state
+        h[_SUB] = sub  # that _repair_locked can make consistent (its claims are undone)
+        h[_SUB_POS] = head
         if freed:
             self._pwl.wake_all()
         return claims
+
+    def _repair_locked(self) -> None:
+        """Make the header consistent after a holder died mid-update (mutex held).
+
+        Stores are ordered so that every intermediate state is either committed or undone:
+        a record exists once TAIL moves past it; an item is claimed once SUB (for the record
+        at SUB_POS) or HEAD moves past it. ITEMS is derived, so it is recounted here.
+        """
+        h, mm = self._h, self._mm
+        cap, head, tail = h[_CAP], h[_HEAD], h[_TAIL]
+        if h[_SUB_POS] != head:
+            h[_SUB] = 0
+            h[_SUB_POS] = head
+        items, pos = 0, head
+        while pos < tail:
+            off = pos % cap
+            contiguous = cap - off
+            if contiguous < _RH:
+                pos += contiguous
+                continue
+            _bid, n, flags, nbytes = _REC.unpack_from(mm, _DATA + off)
+            if flags & _WRAP:
+                pos += contiguous
+                continue
+            items += n - (h[_SUB] if pos == head else 0)
+            pos += _RH + _pad8(nbytes)
+        h[_ITEMS] = items
+        self._cwl.wake_all()  # let everyone re-check against the repaired state
+        self._pwl.wake_all()
 
     @staticmethod
     def _unspill(name: bytes) -> bytes:

@@ -222,7 +222,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, but another user's
         return True
-    return True
+    try:  # a killed child that nobody has reaped yet is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def sweep_dead_waiters() -> int:
@@ -323,3 +327,87 @@ def sleep_on(sem: Any, deadline: float | None) -> bool:
         return sem.acquire(True, None)
     remaining = deadline - time.monotonic()
     return remaining > 0 and sem.acquire(True, remaining)
+
+
+# -- internal mutexes that survive a holder's death ------------------------------------------------
+
+# A mutex held this long makes a waiter check whether its holder is still alive. Internal
+# critical sections last microseconds, so this only fires when something is wrong.
+LOCK_CHECK_S = 1.0
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def recovery_name(lock_name: str) -> str:
+    """The name of the semaphore that serialises recoveries of the mutex ``lock_name``."""
+    return lock_name + "r"
+
+
+class RobustMutex:
+    """The internal mutex of a shared object: a binary semaphore, plus the holder's pid in a
+    shared-memory slot so that a waiter can take over from a holder that died.
+
+    Pool workers get killed (task timeouts, SIGKILL, the OOM killer), sometimes inside a
+    ``Counter.increment`` or a ``Queue.get``. A plain semaphore would then stay locked forever
+    and hang every other process. Here a waiter that has waited ``LOCK_CHECK_S`` looks at the
+    holder's pid; if that process is gone, it takes the mutex over (one recoverer at a time,
+    under a second semaphore), runs ``repair`` to make the shared state consistent, and goes on.
+    (One window is left: a process killed between taking the semaphore and writing its pid,
+    a few bytecodes, leaves the previous holder's pid there; if that process is alive, the
+    mutex stays held.)
+    """
+
+    def __init__(self, sem: Any, recovery: Any, holder: Any, slot: int,
+                 repair: Any = None) -> None:
+        self._sem, self._recovery = sem, recovery
+        self._holder, self._slot = holder, slot  # holder: a memoryview cast to "q"
+        self.repair = repair
+
+    def acquire(self) -> bool:
+        if self._sem.acquire(True, LOCK_CHECK_S):
+            self._holder[self._slot] = _pid[0]
+            return True
+        self._acquire_slow()
+        return True
+
+    def release(self) -> None:
+        # The holder slot is left as it is: clearing it before the release would open a window
+        # in which a killed process leaves the mutex held with no pid to check. A stale pid is
+        # harmless: the next holder overwrites it right after acquiring.
+        self._sem.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _acquire_slow(self) -> None:
+        me = _pid[0]
+        while True:
+            holder = self._holder[self._slot]
+            if holder and holder != me and not _pid_alive(holder):
+                with self._recovery:
+                    if self._sem.acquire(False):  # released meanwhile: ours the normal way
+                        self._holder[self._slot] = me
+                        return
+                    if self._holder[self._slot] == holder:  # still the dead one's: take over
+                        self._holder[self._slot] = me
+                        if self.repair is not None:
+                            self.repair()
+                        return
+            if self._sem.acquire(True, LOCK_CHECK_S):
+                self._holder[self._slot] = me
+                return
+
+
+def create_mutex() -> tuple[str, Any, Any, list[str]]:
+    """A new mutex semaphore and its recovery semaphore: (name, sem, recovery sem, all names)."""
+    name, sem = create_semlock(SEMAPHORE, 1, 1)
+    rname = recovery_name(name)
+    recovery = _multiprocessing.SemLock(SEMAPHORE, 1, 1, rname, False)
+    return name, sem, recovery, [name, rname]
+
+
+def open_mutex(name: str) -> tuple[Any, Any]:
+    return open_semlock(SEMAPHORE, 1, name), open_semlock(SEMAPHORE, 1, recovery_name(name))
