@@ -38,9 +38,15 @@ def no_leaks():
     assert _ours() - before == set(), "semaphores / shared memory left in /dev/shm"
 
 
-@pytest.fixture(scope="module", params=METHODS)
+POOLS = [("multiprocessing", m) for m in METHODS] + [("allcores", m) for m in METHODS]
+
+
+@pytest.fixture(scope="module", params=POOLS, ids=[f"{k}-{m}" for k, m in POOLS])
 def mp_pool(request):
-    with multiprocessing.get_context(request.param).Pool(2) as pool:
+    kind, method = request.param
+    ctx = multiprocessing.get_context(method)
+    pool = ctx.Pool(2) if kind == "multiprocessing" else allcores.Pool(2, context=ctx)
+    with pool:
         yield pool
 
 

@@ -178,6 +178,29 @@ _flusher = _Flusher()
 _live_queues: weakref.WeakSet[Queue] = weakref.WeakSet()
 
 
+def flush_pending(timeout: float | None = None) -> bool:
+    """Send every item this process has put on any Queue and not sent yet.
+
+    For a pool's worker loop, to call after each task (when ``allcores.sync._queue`` is in
+    ``sys.modules``): then an item a task put is in the shared ring before the task's result
+    goes back, so terminating the pool right after can no longer drop it. Costs one dict look-up
+    when nothing is pending. Returns False if some items could not be sent before ``timeout``.
+    """
+    flusher = _flusher
+    if not flusher.dirty:
+        return True
+    with flusher.lock:
+        qs = list(flusher.dirty.values())
+    deadline = None if timeout is None else monotonic() + timeout
+    ok = True
+    for q in qs:
+        ok &= q._flush(block=True, deadline=deadline)
+        with q._plock:
+            if not q._pending and not q._stalled:
+                flusher.unschedule(q)
+    return ok
+
+
 def _after_fork_in_child() -> None:
     # Items buffered in the parent belong to the parent (it flushes them); the child must not send
     # them a second time. Locks may have been held by the parent's flusher thread at fork time.
