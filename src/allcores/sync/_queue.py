@@ -405,7 +405,10 @@ class Queue:
     def _flush(self, block: bool, deadline: float | None) -> bool:
         """Write pending items; False if some are left (no room and not blocking/deadline)."""
         if not self._wlock.acquire(block):
-            return False  # another thread is flushing; it (or the flusher) writes ours too
+            # another thread is flushing; it may have checked our buffer already, so make sure
+            # the flusher thread comes back for what we just added
+            _flusher.schedule(self)
+            return False
         try:
             while True:
                 records = self._stalled
