@@ -17,7 +17,7 @@ from typing import Any, Literal
 from allcores import errors as _errors
 from allcores._engine import serialization, shm
 from allcores._engine.messages import TaskError
-from allcores._engine.scheduler import ChunkSizer, Reorderer, RetryPolicy
+from allcores._engine.scheduler import MAX_REORDER_ITEMS, ChunkSizer, Reorderer, RetryPolicy
 
 __all__ = ["Failure", "MapResults", "OnError"]
 
@@ -71,6 +71,8 @@ class Chunk:
 
 class Sink:
     """Where a job's results go; the facades subclass it. Called from the manager thread."""
+
+    bounded = False  # True when results wait for a consumer (imap): reading input is limited
 
     def deliver(self, values: list) -> None:
         raise NotImplementedError
@@ -148,6 +150,8 @@ _END = object()
 
 class IterSink(Sink):
     """Feeds an iterator in the caller's thread, batch by batch, as results arrive."""
+
+    bounded = True
 
     def __init__(self) -> None:
         self._batches: collections.deque = collections.deque()
@@ -264,13 +268,11 @@ class Job:
             return True
         if self.exhausted:
             return False
-        return self.in_flight + self.sink.unconsumed() + self.reorder.buffered < (
-            self.max_outstanding
-        )
-
-    def wants_probe_only(self) -> bool:
-        """Before the first result, send one probe per worker instead of filling queues."""
-        return not self.sizer.learned and self.in_flight > 0
+        if self.in_flight + self.sink.unconsumed() >= self.max_outstanding:
+            return False
+        # Results held back behind a slow item wait in memory; a list (map) keeps them anyway,
+        # an iterator (imap) bounds them so memory stays flat.
+        return not self.sink.bounded or self.reorder.buffered_items < MAX_REORDER_ITEMS
 
     def next_chunk(self) -> Chunk | None:
         """The next chunk to send, or None when there is nothing to send now."""

@@ -43,11 +43,13 @@ from allcores._engine.processes import WorkerHandle
 from allcores._engine.scheduler import admit, describe_exit, should_recycle
 
 # Chunks in one worker's pipe at most: with one spare queued behind the running one, a worker
-# that finishes starts the next chunk at once instead of waiting a round trip for it.
+# that finishes starts the next chunk at once instead of waiting a round trip (~0.5 ms) for it.
 PREFETCH = 2
-# ...but only while the work already there is expected to end within this horizon. For longer
-# chunks the round trip is noise, and a queued chunk would only sit behind a long one while
-# another worker runs dry at the end of a map (the tail problem of W3b).
+# ...except in the tail of a map: once fewer than PREFETCH_TAIL_CHUNKS chunks per worker are
+# left, a chunk queued behind a long one would wait there while another worker runs dry (the
+# tail problem of W3b), so the last chunks go only to idle workers. Work that is expected to end
+# within PREFETCH_HORIZON_SECONDS is always worth queueing behind: its wait is short.
+PREFETCH_TAIL_CHUNKS = 2
 PREFETCH_HORIZON_SECONDS = 0.005
 # Workers dying in a row with no chunk completed in between before the pool gives up: a worker
 # that cannot even start (its memory limit, a broken interpreter) must not respawn forever.
@@ -291,15 +293,25 @@ class Manager:
             return True
         if handle.in_flight[0].job.timeout is not None:
             return False  # a timed item runs alone, so its clock is honest
-        if len(handle.in_flight) >= PREFETCH:
-            return False
+        return len(handle.in_flight) < PREFETCH
+
+    def _may_queue(self, job: Job, handle: WorkerHandle) -> bool:
+        """Whether a chunk of ``job`` may wait in ``handle``'s pipe behind its current work."""
+        if not handle.in_flight:
+            return True
+        if job.timeout is not None:
+            return False  # a timed item runs alone, so its clock is honest
         expected = 0.0
         for chunk in handle.in_flight:
             cost = chunk.job.sizer.cost
             if cost is None:
-                return False  # unknown cost: a probe, which runs alone
+                return False  # a probe runs alone: one per worker until the cost is known
             expected += cost * len(chunk.items)
-        return expected < PREFETCH_HORIZON_SECONDS
+        if expected < PREFETCH_HORIZON_SECONDS or job.total is None:
+            return True
+        remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
+        chunk_size = job.sizer.next_size(remaining) or 1
+        return remaining >= PREFETCH_TAIL_CHUNKS * self.workers * chunk_size
 
     def _next_chunk_for(self, handle: WorkerHandle) -> Chunk | None:
         skipped = 0  # jobs passed over for now; once every job was, nothing fits this worker
@@ -312,7 +324,7 @@ class Manager:
                 continue
             if (
                 not job.can_feed()  # back-pressured: the caller has not taken its results
-                or (job.timeout is not None and handle.in_flight)  # a timed item runs alone
+                or not self._may_queue(job, handle)
                 # one probe per worker until the job's cost is known
                 or (not job.sizer.learned and any(c.job is job for c in handle.in_flight))
             ):

@@ -33,6 +33,9 @@ MIN_CHUNK_SECONDS = 0.002
 GUIDED_FACTOR = 4
 # Bounds the memory of one chunk (items and results are held in the parent while in flight).
 MAX_CHUNK_ITEMS = 1 << 15
+# How many results an ordered imap may hold back behind one slow item before it stops reading
+# input: enough that a 200 ms item does not idle the other workers, bounded so memory stays flat.
+MAX_REORDER_ITEMS = 1 << 16
 # Weight of the newest observation in the running per-item cost estimate.
 COST_SMOOTHING = 0.5
 
@@ -112,17 +115,20 @@ class Reorderer:
         self.ordered = ordered
         self.next_position = 0
         self._waiting: dict[int, tuple[int, list]] = {}
+        self.buffered_items = 0  # input positions held back, waiting for an earlier segment
 
     def add(self, start: int, length: int, values: list) -> list[list]:
         if not self.ordered:
             return [values]
         if start != self.next_position:
             self._waiting[start] = (length, values)
+            self.buffered_items += length
             return []
         ready = [values]
         self.next_position += length
         while self.next_position in self._waiting:
             length, values = self._waiting.pop(self.next_position)
+            self.buffered_items -= length
             ready.append(values)
             self.next_position += length
         return ready
