@@ -20,8 +20,17 @@ test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
+# Every benchmark script in turn (about 20 minutes on 2 cores); numbers also land in bench-out/.
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	mkdir -p bench-out
+	$(PY) benchmarks/run.py --json bench-out/run.json
+	$(PY) benchmarks/w4_w5_data_plane.py --json bench-out/data_plane.json
+	$(PY) benchmarks/q1_queue.py --json bench-out/queue.json
+	$(PY) benchmarks/w6_images.py --json bench-out/images.json
+	$(PY) benchmarks/w8_simulate.py --json bench-out/simulate.json
+	$(PY) benchmarks/data_bench.py --json bench-out/data.json
+	$(PY) benchmarks/imap_memory.py --json bench-out/imap_memory.json
+	$(PY) benchmarks/reliability.py --json bench-out/reliability.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
