@@ -139,6 +139,14 @@ def _give_back(kept: list, result_conn) -> None:
             result_conn.send_bytes(serialization.dumps(Recycled(tuple(free))))
 
 
+def _flush_queues() -> None:
+    """Push out items the tasks put on an allcores.Queue but that still wait in this worker's
+    batch, so they are in the queue before the result that says the task is done."""
+    queues = sys.modules.get("allcores.sync._queue")
+    if queues is not None:
+        queues.flush_pending()
+
+
 def _going_idle() -> None:
     """Housekeeping while no work waits: let go of maps of shares their owner has closed."""
     shared = sys.modules.get("allcores.shared")
@@ -211,6 +219,7 @@ def worker_main(
         started = perf_counter()
         values, errs = _run(fn, items, msg.mode, msg.stop_on_error)
         seconds = perf_counter() - started
+        _flush_queues()
         done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes())
         result_conn.send_bytes(_encode_done(done))
         del items, values, errs, done
