@@ -373,6 +373,7 @@ class Manager:
             handle.retiring = True
             return
         handle.known_functions.add(job.fn_id)
+        handle.lent.update(chunk.segments)
         if job.timeout is not None:
             chunk.deadline = now + job.timeout
         handle.in_flight.append(chunk)
@@ -420,6 +421,8 @@ class Manager:
             self._initializer_failed(handle, message)
             return True
         if isinstance(message, Recycled):
+            handle.lent.difference_update(message.names)
+            handle.lent.difference_update(message.gone)
             self._segments.give(message.names)
             return True
         chunk = handle.in_flight.popleft()
@@ -499,6 +502,7 @@ class Manager:
         exitcode = handle.process.exitcode
         if handle.pid is not None:
             shm.sweep(handle.pid)  # results it packed but never sent
+        shm.discard(handle.lent)  # argument segments it held and cannot give back now
         self._unregister(handle.result_conn)
         self._unregister(handle.sentinel)
         del self._handles[handle.slot]
@@ -654,6 +658,7 @@ class Manager:
                 release(chunk)
             if handle.pid is not None:
                 shm.sweep(handle.pid)
+            shm.discard(handle.lent)
             processes.close_handle(handle)
 
     def _fail_all(self, error: BaseException) -> None:

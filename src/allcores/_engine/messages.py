@@ -79,3 +79,4 @@ class Recycled:
     worker no longer views, which the manager may write the next arguments into."""
 
     names: tuple[str, ...]
+    gone: tuple[str, ...] = ()  # still viewed by a task: unlinked, never coming back

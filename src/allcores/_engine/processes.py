@@ -38,6 +38,7 @@ class WorkerHandle:
     result_conn: Any  # ...and reads ChunkDone here
     in_flight: collections.deque = field(default_factory=collections.deque)  # chunks, FIFO
     known_functions: set[int] = field(default_factory=set)
+    lent: set[str] = field(default_factory=set)  # recyclable segments it may still hold
     forget: list[int] = field(default_factory=list)
     items_done: int = 0
     last_rss: int | None = None

@@ -134,9 +134,10 @@ def _reader(conn, inbox: queue.SimpleQueue) -> None:
 def _give_back(kept: list, result_conn) -> None:
     """Tell the manager which argument segments this worker no longer views."""
     if kept:
+        names = [name for name, _, _ in kept]
         free = shm.release_kept(kept)
-        if free:
-            result_conn.send_bytes(serialization.dumps(Recycled(tuple(free))))
+        gone = tuple(name for name in names if name not in free)
+        result_conn.send_bytes(serialization.dumps(Recycled(tuple(free), gone)))
 
 
 def _flush_queues() -> None:
