@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/data_bench.py --json bench-out/data.json
 	$(PY) benchmarks/imap_memory.py --json bench-out/imap_memory.json
 	$(PY) benchmarks/reliability.py --json bench-out/reliability.json
+	$(PY) benchmarks/chaos.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -256,7 +256,7 @@ class Pool:
     def join(self, timeout: float | None = None) -> None:
         """Wait for the workers to exit; call close() or terminate() first."""
         manager = self._engine.manager
-        if manager._state == 0:  # still running: the standard pool raises the same
+        if manager.accepting:  # the standard pool raises the same
             raise ValueError("Pool is still running: call close() or terminate() before join()")
         manager.join(timeout)
 
@@ -267,7 +267,7 @@ class Pool:
         self.terminate()  # as multiprocessing.Pool does
 
     def __repr__(self) -> str:
-        state = "running" if self._engine.manager._state == 0 else "closed"
+        state = "running" if self._engine.manager.accepting else "closed"
         return f"<allcores.Pool state={state} processes={self._processes}>"
 
     # -- allcores extras ----------------------------------------------------------------------

@@ -137,10 +137,13 @@ class Manager:
         self.wake()
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake is already pending) or closed (the manager ended)
+        with self._state_lock:  # never write to the descriptor after the manager closed it
+            if self._state == _DONE:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake is already pending
 
     def close(self) -> None:
         """No more jobs; workers exit once the submitted jobs are done."""
@@ -172,6 +175,11 @@ class Manager:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def accepting(self) -> bool:
+        """True until close() or terminate()."""
+        return self._state == _RUNNING
+
     def pids(self) -> list[int]:
         return [h.pid for h in list(self._handles.values()) if h.pid is not None]
 
@@ -188,12 +196,9 @@ class Manager:
             self._shutdown_workers()
             with self._state_lock:
                 self._state = _DONE
-            self._selector.close()
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                self._selector.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
             _live_managers.discard(self)
 
     def _loop(self) -> None:
@@ -220,6 +225,8 @@ class Manager:
                     continue  # an event of a worker already gone
                 elif kind == "result":
                     self._read_result(handle)
+                elif kind == "write":
+                    self._flush(handle)
                 else:
                     self._worker_exited(handle)
 
@@ -365,7 +372,7 @@ class Manager:
             forget,
         )
         try:
-            handle.task_conn.send_bytes(serialization.dumps(message))
+            self._write(handle, serialization.dumps(message))
         except OSError:
             # The worker died while we wrote; its sentinel will tell. Keep the chunk.
             job.requeue(chunk)  # frees its shared memory too
@@ -505,6 +512,9 @@ class Manager:
         shm.discard(handle.lent)  # argument segments it held and cannot give back now
         self._unregister(handle.result_conn)
         self._unregister(handle.sentinel)
+        if handle.outbox:
+            self._unregister(handle.task_conn)
+            handle.outbox.clear()
         del self._handles[handle.slot]
         now = time.monotonic()
         expected = handle.stopping and not handle.in_flight and exitcode == 0
@@ -630,9 +640,36 @@ class Manager:
     def _send_stop(self, handle: WorkerHandle) -> None:
         handle.stopping = True
         try:
-            handle.task_conn.send_bytes(serialization.dumps(Stop()))
+            self._write(handle, serialization.dumps(Stop()))
         except OSError:
             processes.kill(handle)
+
+    def _write(self, handle: WorkerHandle, payload: bytes) -> None:
+        """Send one message without ever blocking: what the pipe cannot take now waits in the
+        handle's outbox and goes out when the pipe is writable again. A manager that blocked here
+        could deadlock with a worker blocked writing a big result back."""
+        data = processes.frame(payload)
+        if handle.outbox:
+            handle.outbox += data
+            return
+        try:
+            written = os.write(handle.task_conn.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        if written < len(data):
+            handle.outbox += memoryview(data)[written:]
+            self._selector.register(handle.task_conn, selectors.EVENT_WRITE, ("write", handle))
+
+    def _flush(self, handle: WorkerHandle) -> None:
+        try:
+            written = os.write(handle.task_conn.fileno(), handle.outbox)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(handle.outbox)  # the worker is gone; its sentinel will say so
+        del handle.outbox[:written]
+        if not handle.outbox:
+            self._unregister(handle.task_conn)
 
     def _stop_idle_workers(self) -> None:
         for handle in self._handles.values():

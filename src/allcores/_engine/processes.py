@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class WorkerHandle:
     retiring: bool = False  # asked to stop after its work (lifespan, memory, close)
     timed_out: Any = None  # the chunk it was killed for, when a timeout killed it
     stopping: bool = False  # Stop was sent
+    outbox: bytearray = field(default_factory=bytearray)  # framed bytes the pipe had no room for
 
     @property
     def pid(self) -> int | None:
@@ -91,7 +93,17 @@ def start_worker(
     finally:
         task_r.close()
         result_w.close()
+    # The manager never blocks on a worker: what does not fit in the pipe waits in an outbox.
+    os.set_blocking(task_w.fileno(), False)
     return WorkerHandle(slot, process, task_w, result_r)
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` with the length header ``Connection.recv_bytes`` expects on the other end."""
+    size = len(payload)
+    if size > 0x7FFFFFFF:
+        return struct.pack("!i", -1) + struct.pack("!Q", size) + payload
+    return struct.pack("!i", size) + payload
 
 
 def kill(handle: WorkerHandle, sig: int = signal.SIGKILL) -> None:
