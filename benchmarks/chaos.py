@@ -20,7 +20,7 @@ from allcores.errors import WorkerCrashedError
 
 def work(x: int) -> int:
     s = 0
-    for i in range(2_000 + x % 3_000):  # ~0.1-0.5 ms of pure Python
+    for i in range(20_000 + x % 10_000):  # ~1-1.5 ms of pure Python
         s = (s + i * i) % 1000003
     return s
 

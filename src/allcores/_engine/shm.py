@@ -257,13 +257,7 @@ def release_kept(kept: list[tuple[str, Any, Any]]) -> list[str]:
 
 def _map_kept(name: str, size: int, kept: list) -> memoryview:
     """Map a recyclable segment without unlinking its name; remember the map in ``kept``."""
-    try:
-        fd = os.open(segment_path(name), os.O_RDWR)
-    except FileNotFoundError:
-        raise RuntimeError(
-            f"shared-memory segment {name!r} is gone before it was read: it was consumed "
-            "twice or discarded by its sender (is something else cleaning /dev/shm?)"
-        ) from None
+    fd = _open_received(name)
     try:
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
@@ -280,14 +274,18 @@ def _unlink(name: str) -> None:
         pass
 
 
-def _open_and_unlink(name: str) -> int:
+def _open_received(name: str) -> int:
     try:
-        fd = os.open(segment_path(name), os.O_RDWR)
+        return os.open(segment_path(name), os.O_RDWR)
     except FileNotFoundError:
         raise RuntimeError(
             f"shared-memory segment {name!r} is gone before it was read: it was consumed "
             "twice or discarded by its sender (is something else cleaning /dev/shm?)"
         ) from None
+
+
+def _open_and_unlink(name: str) -> int:
+    fd = _open_received(name)
     _unlink(name)  # the open fd (then the map) keeps the memory; the name is no longer needed
     return fd
 
