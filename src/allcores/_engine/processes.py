@@ -7,6 +7,7 @@ import os
 import signal
 import struct
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,15 @@ def start_worker(
         daemon=False,  # non-daemonic, so a task may start processes of its own (nested pools)
     )
     try:
-        process.start()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on any fork from a process with threads. The first workers are
+            # forked before the manager thread exists; a replacement is forked from the manager
+            # thread, as multiprocessing.Pool does, and the child runs only the worker loop.
+            warnings.filterwarnings(
+                "ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
+                category=DeprecationWarning,
+            )
+            process.start()
     finally:
         task_r.close()
         result_w.close()
