@@ -7,6 +7,7 @@ Only the manager thread calls a job's methods; sinks are where the caller's thre
 
 from __future__ import annotations
 
+import abc
 import collections
 import itertools
 import threading
@@ -69,19 +70,22 @@ class Chunk:
     deadline: float | None = None  # monotonic time by which it must finish (timeout=)
 
 
-class Sink:
+class Sink(abc.ABC):
     """Where a job's results go; the facades subclass it. Called from the manager thread."""
 
     bounded = False  # True when results wait for a consumer (imap): reading input is limited
 
+    @abc.abstractmethod
     def deliver(self, values: list) -> None:
-        raise NotImplementedError
+        """Results of consecutive items, in the order the caller asked for."""
 
+    @abc.abstractmethod
     def finish(self, failures: list[Failure]) -> None:
-        raise NotImplementedError
+        """Every item is done; ``failures`` lists those that failed (collect/skip)."""
 
+    @abc.abstractmethod
     def fail(self, error: BaseException) -> None:
-        raise NotImplementedError
+        """The job failed as a whole (fail-fast, cancelled, pool terminated)."""
 
     def unconsumed(self) -> int:
         """Delivered batches the caller has not taken yet (for back-pressure)."""

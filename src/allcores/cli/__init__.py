@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import pkgutil
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "missing_extra"]
+__all__ = ["count_arg", "main", "missing_extra"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,17 @@ def _build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_cmd_"):
             importlib.import_module(f"{__name__}.{info.name}").register(subparsers)
     return parser
+
+
+def count_arg(text: str) -> int:
+    """An argparse type for counts: 1000, 1e9 or 2_000_000, at least 1."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value.is_integer() and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
+    return int(value)
 
 
 def missing_extra(package: str, extra: str) -> SystemExit:

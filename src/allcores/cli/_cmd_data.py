@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from typing import Any
+
+from allcores.cli import count_arg
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", help="input CSV (with a header line) or Parquet file")
     p.add_argument(
         "--sample",
-        type=_count,
+        type=count_arg,
         metavar="ROWS",
         default=None,
         help="instead of analysing FILE, write ROWS synthetic transactions to it",
@@ -72,16 +73,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     p.set_defaults(handler=_run)
-
-
-def _count(text: str) -> int:
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value.is_integer() and value >= 1):
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
-    return int(value)
 
 
 def _run(args: argparse.Namespace) -> int:

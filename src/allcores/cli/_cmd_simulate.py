@@ -13,12 +13,14 @@ import math
 import sys
 from typing import Any
 
+from allcores.cli import count_arg
+
 
 def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--samples",
-        type=_count,
+        type=count_arg,
         default=None,
         help="samples to draw (1e9 is fine; the maximum with --target-stderr/--rtol)",
     )
@@ -84,17 +86,6 @@ def register(subparsers: Any) -> None:
     )
     opt.add_argument("--steps", type=int, default=252, help="averaging dates of an Asian option")
     opt.set_defaults(handler=_run, default_samples=10**6)
-
-
-def _count(text: str) -> int:
-    """Parse 1000, 1e9 or 2_000_000 into an int."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value.is_integer() and value >= 1):
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
-    return int(value)
 
 
 def _run(args: argparse.Namespace) -> int:
