@@ -52,3 +52,4 @@ def test_a_kept_argument_is_never_overwritten_by_later_calls():
         kept = pool.apply(sums_of_kept, (None,))
     assert first == [float(i) * BIG for i in range(12)]
     assert kept[:12] == first
+

@@ -60,8 +60,9 @@ MEMORY_RECHECK_SECONDS = 0.1
 # Argument segments that workers gave back, kept to be overwritten by the next big arguments
 # (fresh shared-memory pages cost three times more than reused ones, and freeing them costs
 # too). Kept across calls, so repeated maps over big arrays reuse them; at most this much, and
-# freed when the pool closes.
+# freed when the pool has had no work for RECYCLE_IDLE_SECONDS or closes.
 RECYCLE_MAX_BYTES = 512 << 20
+RECYCLE_IDLE_SECONDS = 5.0
 # How long terminate() waits for SIGTERMed workers before SIGKILL.
 TERMINATE_GRACE = 0.5
 
@@ -91,6 +92,7 @@ class Manager:
         self.memory_reserve = memory_reserve
         self._held_back = False  # work waits for memory (admission control)
         self._segments = shm.SegmentPool(RECYCLE_MAX_BYTES)
+        self._release_segments_at: float | None = None  # when an idle pool frees them
         self.context = context
         self.init_blob = init_blob
         self.max_tasks_per_child = max_tasks_per_child
@@ -212,6 +214,7 @@ class Manager:
             self._release_retries(now)
             self._enforce_deadlines(now)
             self._dispatch(now)
+            self._release_idle_segments(now)
             if state == _CLOSING and not self._jobs:
                 self._stop_idle_workers()
                 if not self._handles:
@@ -602,6 +605,16 @@ class Manager:
                     job.pending.appendleft(chunk)
                 self._requeued(job)
 
+    def _release_idle_segments(self, now: float) -> None:
+        """Free recycled segments once the pool has been idle for a while."""
+        if self._jobs or not len(self._segments):
+            self._release_segments_at = None
+        elif self._release_segments_at is None:
+            self._release_segments_at = now + RECYCLE_IDLE_SECONDS
+        elif now >= self._release_segments_at:
+            self._segments.clear()
+            self._release_segments_at = None
+
     def _next_timer(self, now: float) -> float | None:
         times = [
             h.in_flight[0].deadline
@@ -611,6 +624,8 @@ class Manager:
         times.extend(t for job in self._jobs for t, _ in job.delayed)
         if self._held_back:
             times.append(now + MEMORY_RECHECK_SECONDS)
+        if self._release_segments_at is not None:
+            times.append(self._release_segments_at)
         if not times:
             return None
         return max(0.0, min(times) - now)
