@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # Every benchmark script in turn (about 20 minutes on 2 cores); numbers also land in bench-out/.

@@ -291,6 +291,7 @@ class Job:
         remaining = None if self.total is None else self.total - self.next_index
         size = self.sizer.next_size(remaining) if remaining is None or remaining > 0 else 1
         start = self.next_index
+        items: Sequence[Any]
         if isinstance(self._seq, range):
             items = self._seq[start : start + size]  # a range pickles in a few bytes
         elif self._seq is not None:

@@ -222,9 +222,9 @@ class Manager:
             timeout = self._next_timer(now)
             for key, _ in self._selector.select(timeout):
                 kind, handle = key.data
-                if kind == "wake":
+                if handle is None:  # the wake pipe
                     self._drain_wake()
-                elif self._handles.get(handle.slot) is not handle:
+                elif handle.slot not in self._handles or self._handles[handle.slot] is not handle:
                     continue  # an event of a worker already gone
                 elif kind == "result":
                     self._read_result(handle)
@@ -442,7 +442,7 @@ class Manager:
         if isinstance(message, BaseException):
             # The answer itself would not unpickle here (a result class missing in the parent).
             for offset, item in enumerate(chunk.items):
-                error = _errors.ResultPicklingError(
+                error: BaseException = _errors.ResultPicklingError(
                     f"the results of items {chunk.start}..{chunk.start + len(chunk.items) - 1} "
                     f"could not be unpickled in the parent: {message!r}. Return plain data, or "
                     "types importable in the parent."

@@ -602,7 +602,7 @@ def _has_big_inband_bytes(data: bytes, threshold: int) -> bool:
 # --------------------------------------------------------------------------- unpack
 
 
-def is_shm_message(data: bytes | memoryview) -> bool:
+def is_shm_message(data: bytes | bytearray | memoryview) -> bool:
     """True when ``data`` (from :func:`pack`) refers to shared-memory segments."""
     return data[:4] == _MAGIC
 
@@ -667,9 +667,11 @@ def unpack(data: bytes | bytearray | memoryview, keep: list | None = None) -> An
     try:
         for i, (name, size, flagged) in enumerate(entries):
             kind = flagged & ~_KIND_RECYCLE
-            recycle = keep is not None and flagged & _KIND_RECYCLE
             if kind in (_KIND_BUFFER, _KIND_MEMORYVIEW):
-                mapped = _map_kept(name, size, keep) if recycle else _map_segment(name, size)
+                if keep is not None and flagged & _KIND_RECYCLE:
+                    mapped = _map_kept(name, size, keep)
+                else:
+                    mapped = _map_segment(name, size)
                 if kind == _KIND_BUFFER:
                     buffers.append(mapped)
                     objs.append(None)
