@@ -42,9 +42,6 @@ class _FutureSink(Sink):
             else:
                 self.future.set_exception(error)
 
-    def abandoned(self) -> bool:
-        return self.future.cancelled()
-
 
 class Executor(_StdExecutor):
     """A process pool executor with the interface of ``ProcessPoolExecutor``.

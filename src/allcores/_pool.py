@@ -44,8 +44,6 @@ class AsyncResult:
         return self._sink.value()
 
 
-MapResult = AsyncResult
-
 
 class IMapIterator:
     """What ``imap`` / ``imap_unordered`` return; ``next(timeout)`` as in multiprocessing."""

@@ -91,10 +91,6 @@ class Sink(abc.ABC):
         """Delivered batches the caller has not taken yet (for back-pressure)."""
         return 0
 
-    def abandoned(self) -> bool:
-        """True when nobody wants the results any more (a cancelled future)."""
-        return False
-
 
 class ListSink(Sink):
     """Collects a whole map (or one apply) for a blocking or async ``get``."""

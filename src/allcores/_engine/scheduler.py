@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -257,8 +256,3 @@ def describe_exit(
             cause += " (" + "; ".join(evidence) + ")"
         return name, cause
     return name, _SIGNAL_CAUSES.get(name, f"killed by {name}")
-
-
-def split_for_isolation(start: int, items: Iterable[object]) -> list[tuple[int, list]]:
-    """Cut a chunk whose worker died into one-item chunks, so the culprit is found alone."""
-    return [(start + offset, [item]) for offset, item in enumerate(items)]
