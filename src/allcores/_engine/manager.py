@@ -91,6 +91,8 @@ class Manager:
         self.workers = workers
         self.memory_reserve = memory_reserve
         self._held_back = False  # work waits for memory (admission control)
+        self._memory_available: int | None = None
+        self._memory_read_at = float("-inf")
         self._segments = shm.SegmentPool(RECYCLE_MAX_BYTES)
         self._release_segments_at: float | None = None  # when an idle pool frees them
         self.context = context
@@ -261,9 +263,7 @@ class Manager:
         if not self._feedable:
             return
         in_flight = sum(len(h.in_flight) for h in self._handles.values())
-        available = None
-        if self.memory_reserve is not None:
-            available = processes.available_memory()[0]
+        available = self._available_memory(now) if self.memory_reserve is not None else None
         # Idle workers first, so work spreads before queues fill.
         for handle in sorted(self._handles.values(), key=lambda h: len(h.in_flight)):
             while self._feedable and self._has_room(handle):
@@ -295,6 +295,14 @@ class Manager:
         except Exception:
             pass  # packed again when sent, where the failure is reported item by item
         job.pending.appendleft(chunk)
+
+    def _available_memory(self, now: float) -> int | None:
+        """The machine's available memory, read from /proc at most every recheck interval
+        (reading it on every dispatch would put a file read on the hot path)."""
+        if now >= self._memory_read_at + MEMORY_RECHECK_SECONDS:
+            self._memory_available = processes.available_memory()[0]
+            self._memory_read_at = now
+        return self._memory_available
 
     def _has_room(self, handle: WorkerHandle) -> bool:
         if handle.retiring or handle.stopping or handle.timed_out is not None:
