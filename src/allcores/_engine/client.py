@@ -188,8 +188,9 @@ class Engine:
             )
             raise error from exc
 
-    def register(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
-        """The id and pickled form of ``fn``, pickled once per pool for plain functions."""
+    def register(self, fn: Callable[..., Any]) -> tuple[int, bytes, bool]:
+        """The id and pickled form of ``fn``, pickled once per pool for plain functions, and
+        whether it is cached (then later calls reuse the id, and workers keep the function)."""
         if not callable(fn):
             raise TypeError(f"the task function must be callable, got {fn!r}")
         cacheable = hasattr(fn, "__code__") or type(fn).__name__ == "builtin_function_or_method"
@@ -198,14 +199,17 @@ class Engine:
                 found = self._functions.get(fn)
                 if found is not None:
                     self._functions.move_to_end(fn)
-                    return found
+                    return (*found, True)
         entry = (next(self._function_ids), self._pickle_function(fn, "the task function"))
         if cacheable:
+            evicted = None
             with self._lock:
                 self._functions[fn] = entry
                 if len(self._functions) > FUNCTION_CACHE_SIZE:
-                    self._functions.popitem(last=False)
-        return entry
+                    evicted = self._functions.popitem(last=False)[1][0]
+            if evicted is not None:
+                self.manager.forget_function(evicted)
+        return (*entry, cacheable)
 
     def start(
         self,
@@ -223,7 +227,7 @@ class Engine:
     ) -> Job:
         """Submit one call's items; results flow into ``sink``."""
         options = options or self.options
-        fn_id, blob = self.register(fn)
+        fn_id, blob, cached = self.register(fn)
         job = Job(
             fn_id,
             blob,
@@ -239,6 +243,7 @@ class Engine:
             progress=None,
             on_dispatch=on_dispatch,
             max_outstanding=max_outstanding,
+            fn_cached=cached,
         )
         if progress:
             from allcores._progress import make_progress

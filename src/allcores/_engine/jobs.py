@@ -219,6 +219,7 @@ class Job:
         progress: Any = None,
         max_outstanding: int | None = None,
         on_dispatch: Callable[[], bool] | None = None,
+        fn_cached: bool = False,
     ) -> None:
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
@@ -227,6 +228,7 @@ class Job:
         self.id = next(Job._ids)
         self.fn_id = fn_id
         self.fn_blob = fn_blob
+        self.fn_cached = fn_cached  # the pool reuses fn_id for later calls of the same function
         self.sink = sink
         self.mode = mode
         self.on_error = on_error
@@ -240,6 +242,8 @@ class Job:
         self.max_outstanding = max_outstanding or 4 * max(1, workers)
         self.pending: collections.deque[Chunk] = collections.deque()
         self.delayed: list[tuple[float, Chunk]] = []  # retries waiting out their backoff
+        # The manager's set of jobs with retries waiting, so its timers look at those alone.
+        self.retrying: set[Job] | None = None
         self.in_flight = 0
         self.failures: list[Failure] = []
         self.finished = False
@@ -364,6 +368,8 @@ class Job:
         if delay is not None:
             retry = Chunk(self, index, [item], attempt + 1, isolated=True)
             self.delayed.append((now + delay, retry))
+            if self.retrying is not None:
+                self.retrying.add(self)
             return
         if self.on_error == "raise":
             self.fail(error)

@@ -51,6 +51,10 @@ PREFETCH = 2
 # within PREFETCH_HORIZON_SECONDS is always worth queueing behind: its wait is short.
 PREFETCH_TAIL_CHUNKS = 2
 PREFETCH_HORIZON_SECONDS = 0.005
+# Tiny chunks (apply_async in a loop, one item each) may queue deeper, up to this many a worker,
+# while the work queued is still expected to end within the horizon: one round trip per item
+# would otherwise cost more than the items themselves.
+PREFETCH_SHORT_MAX = 16
 # Workers dying in a row with no chunk completed in between before the pool gives up: a worker
 # that cannot even start (its memory limit, a broken interpreter) must not respawn forever.
 MAX_CRASHES_IN_A_ROW = 20
@@ -94,6 +98,9 @@ class Manager:
         self._memory_available: int | None = None
         self._memory_read_at = float("-inf")
         self._segments = shm.SegmentPool(RECYCLE_MAX_BYTES)
+        # Per-item cost of each cached function, so a new job of it (apply_async in a loop)
+        # starts with what earlier jobs learned instead of a probe.
+        self._function_costs: dict[int, float] = {}
         self._release_segments_at: float | None = None  # when an idle pool frees them
         self.context = context
         self.init_blob = init_blob
@@ -103,12 +110,14 @@ class Manager:
         self._state_lock = threading.Lock()
         self._commands: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_pending = False
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._handles: dict[int, WorkerHandle] = {}
         self._feedable: collections.deque[Job] = collections.deque()
         self._jobs: set[Job] = set()
+        self._retrying: set[Job] = set()  # jobs with retries waiting out a backoff
         self._chunk_ids = itertools.count()
         self._crashes_in_a_row = 0
         self._broken: BaseException | None = None
@@ -135,15 +144,23 @@ class Manager:
             self._commands.append(("submit", job))
         self.wake()
 
+    def forget_function(self, fn_id: int) -> None:
+        """The pool no longer caches function ``fn_id``: workers may drop it."""
+        self._commands.append(("forget", fn_id))
+        self.wake()
+
     def cancel(self, job: Job, error: BaseException) -> None:
         """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
         self._commands.append(("cancel", (job, error)))
         self.wake()
 
     def wake(self) -> None:
+        if self._wake_pending:
+            return  # the manager has not drained the last wake yet: it will see this too
         with self._state_lock:  # never write to the descriptor after the manager closed it
             if self._state == _DONE:
                 return
+            self._wake_pending = True
             try:
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:
@@ -241,12 +258,20 @@ class Manager:
                 pass
         except BlockingIOError:
             pass
+        # Cleared only once the pipe is empty (callers write only while it is clear, so no byte
+        # can be swallowed unseen), and before the commands are taken at the top of the loop: a
+        # command added while it was still set is taken there all the same.
+        self._wake_pending = False
 
     def _take_commands(self) -> None:
         os.set_blocking(self._wake_r, False)
         while self._commands:
             command, arg = self._commands.popleft()
             if command == "submit":
+                known = self._function_costs.get(arg.fn_id)
+                if known is not None and arg.sizer.cost is None:
+                    arg.sizer.cost = known  # apply_async in a loop: the cost is known already
+                arg.retrying = self._retrying
                 self._jobs.add(arg)
                 self._feedable.append(arg)
                 if arg.maybe_finish():  # an empty input
@@ -255,6 +280,8 @@ class Manager:
                 job, error = arg
                 job.fail(error)
                 self._finish_job(job)
+            elif command == "forget":
+                self._forget_function(arg)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -264,17 +291,24 @@ class Manager:
             return
         in_flight = sum(len(h.in_flight) for h in self._handles.values())
         available = self._available_memory(now) if self.memory_reserve is not None else None
-        # Idle workers first, so work spreads before queues fill.
-        for handle in sorted(self._handles.values(), key=lambda h: len(h.in_flight)):
-            while self._feedable and self._has_room(handle):
+        # One chunk per worker per round, idlest first: every idle worker gets work before any
+        # worker gets a second chunk queued (two items that wait for each other, as at a
+        # barrier, must not end up in one worker's pipe while the other worker idles).
+        sent = True
+        while sent and self._feedable:
+            sent = False
+            for handle in sorted(self._handles.values(), key=lambda h: len(h.in_flight)):
+                if not self._has_room(handle):
+                    continue
                 if not admit(in_flight, available, self.memory_reserve):
                     self._held_back = True  # rechecked on a short timer, see _next_timer
                     return
                 chunk = self._next_chunk_for(handle)
                 if chunk is None:
-                    break
+                    continue
                 self._send(handle, chunk, now)
                 in_flight += 1
+                sent = True
         self._prepare_ahead()
 
     def _prepare_ahead(self) -> None:
@@ -311,27 +345,44 @@ class Manager:
             return True
         if handle.in_flight[0].job.timeout is not None:
             return False  # a timed item runs alone, so its clock is honest
-        return len(handle.in_flight) < PREFETCH
-
-    def _may_queue(self, job: Job, handle: WorkerHandle) -> bool:
-        """Whether a chunk of ``job`` may wait in ``handle``'s pipe behind its current work."""
-        if not handle.in_flight:
+        if self.max_tasks_per_child is not None:
+            queued_items = sum(len(c.items) for c in handle.in_flight)
+            if handle.items_done + queued_items >= self.max_tasks_per_child:
+                return False  # its lifespan is spoken for: the rest goes to its replacement
+        if len(handle.in_flight) < PREFETCH:
             return True
-        if job.timeout is not None:
-            return False  # a timed item runs alone, so its clock is honest
+        if len(handle.in_flight) >= PREFETCH_SHORT_MAX:
+            return False
+        queued = self._queued_work(handle)
+        return queued is not None and queued < PREFETCH_HORIZON_SECONDS
+
+    @staticmethod
+    def _queued_work(handle: WorkerHandle) -> float | None:
+        """Seconds of work expected in ``handle``'s pipe; None while a chunk's cost is unknown."""
         expected = 0.0
         for chunk in handle.in_flight:
             cost = chunk.job.sizer.cost
             if cost is None:
-                return False  # a probe runs alone: one per worker until the cost is known
+                return None
             expected += cost * len(chunk.items)
-        if expected < PREFETCH_HORIZON_SECONDS or job.total is None:
-            return True
+        return expected
+
+    def _in_tail(self, job: Job) -> bool:
+        """Fewer than PREFETCH_TAIL_CHUNKS chunks per worker are left of ``job``."""
+        if job.total is None:
+            return False
         remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
         chunk_size = job.sizer.next_size(remaining) or 1
-        return remaining >= PREFETCH_TAIL_CHUNKS * self.workers * chunk_size
+        return remaining < PREFETCH_TAIL_CHUNKS * self.workers * chunk_size
 
     def _next_chunk_for(self, handle: WorkerHandle) -> Chunk | None:
+        # Whether anything may wait in this worker's pipe behind its current work is mostly a
+        # property of the worker: decide it once, not once per waiting job (thousands of
+        # apply_async calls would make every dispatch a scan of them all).
+        queued = self._queued_work(handle) if handle.in_flight else 0.0
+        if queued is None:
+            return None  # a probe (cost unknown) runs alone: one per worker
+        short = not handle.in_flight or queued < PREFETCH_HORIZON_SECONDS
         skipped = 0  # jobs passed over for now; once every job was, nothing fits this worker
         while self._feedable and skipped < len(self._feedable):
             job = self._feedable[0]
@@ -342,7 +393,10 @@ class Manager:
                 continue
             if (
                 not job.can_feed()  # back-pressured: the caller has not taken its results
-                or not self._may_queue(job, handle)
+                # a timed item runs alone, so its clock is honest
+                or (handle.in_flight and job.timeout is not None)
+                # in a map's tail, chunks go only to idle workers (W3b's heavy last items)
+                or (not short and self._in_tail(job))
                 # one probe per worker until the job's cost is known
                 or (not job.sizer.learned and any(c.job is job for c in handle.in_flight))
             ):
@@ -466,6 +520,8 @@ class Manager:
             handle.last_rss = message.rss
             if message.ran:
                 job.sizer.observe(message.ran, message.seconds)
+                if job.fn_cached and job.sizer.cost is not None:
+                    self._function_costs[job.fn_id] = job.sizer.cost
             if message.load_error is not None:
                 if len(chunk.items) > 1:
                     job.isolate(chunk)
@@ -491,11 +547,16 @@ class Manager:
 
     def _finish_job(self, job: Job) -> None:
         self._jobs.discard(job)
-        # Workers may forget a finished job's function (each map has its own function id).
+        if not job.fn_cached:  # a lambda made for this call: no later job will use its id
+            self._forget_function(job.fn_id)
+
+    def _forget_function(self, fn_id: int) -> None:
+        """Workers may drop a function no job will send again (told with their next chunk)."""
+        self._function_costs.pop(fn_id, None)
         for handle in self._handles.values():
-            if job.fn_id in handle.known_functions:
-                handle.known_functions.discard(job.fn_id)
-                handle.forget.append(job.fn_id)
+            if fn_id in handle.known_functions:
+                handle.known_functions.discard(fn_id)
+                handle.forget.append(fn_id)
 
     def _initializer_failed(self, handle: WorkerHandle, message: InitFailed) -> None:
         error = message.error
@@ -603,8 +664,9 @@ class Manager:
                     processes.kill(handle)  # its sentinel fires next; _blame reports it
 
     def _release_retries(self, now: float) -> None:
-        for job in list(self._jobs):
-            if not job.delayed:
+        for job in list(self._retrying):
+            if not job.delayed or job.finished:
+                self._retrying.discard(job)
                 continue
             due = [c for t, c in job.delayed if t <= now]
             if due:
@@ -629,7 +691,7 @@ class Manager:
             for h in self._handles.values()
             if h.in_flight and h.in_flight[0].deadline is not None and h.timed_out is None
         ]
-        times.extend(t for job in self._jobs for t, _ in job.delayed)
+        times.extend(t for job in self._retrying for t, _ in job.delayed)
         if self._held_back:
             times.append(now + MEMORY_RECHECK_SECONDS)
         if self._release_segments_at is not None:
