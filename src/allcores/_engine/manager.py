@@ -118,6 +118,7 @@ class Manager:
         self._feedable: collections.deque[Job] = collections.deque()
         self._jobs: set[Job] = set()
         self._retrying: set[Job] = set()  # jobs with retries waiting out a backoff
+        self._unpushed: set[WorkerHandle] = set()  # outboxes filled this round
         self._chunk_ids = itertools.count()
         self._crashes_in_a_row = 0
         self._broken: BaseException | None = None
@@ -238,6 +239,7 @@ class Manager:
                 self._stop_idle_workers()
                 if not self._handles:
                     return
+            self._push()
             timeout = self._next_timer(now)
             for key, _ in self._selector.select(timeout):
                 kind, handle = key.data
@@ -436,14 +438,7 @@ class Manager:
             job.on_error == "raise" and job.policy.retries == 0,
             forget,
         )
-        try:
-            self._write(handle, serialization.dumps(message))
-        except OSError:
-            # The worker died while we wrote; its sentinel will tell. Keep the chunk.
-            job.requeue(chunk)  # frees its shared memory too
-            self._requeued(job)
-            handle.retiring = True
-            return
+        self._write(handle, serialization.dumps(message))
         handle.known_functions.add(job.fn_id)
         handle.lent.update(chunk.segments)
         if job.timeout is not None:
@@ -584,9 +579,10 @@ class Manager:
         shm.discard(handle.lent)  # argument segments it held and cannot give back now
         self._unregister(handle.result_conn)
         self._unregister(handle.sentinel)
-        if handle.outbox:
+        if handle.write_waiting:
             self._unregister(handle.task_conn)
-            handle.outbox.clear()
+        handle.outbox.clear()
+        self._unpushed.discard(handle)
         del self._handles[handle.slot]
         now = time.monotonic()
         expected = handle.stopping and not handle.in_flight and exitcode == 0
@@ -724,37 +720,40 @@ class Manager:
 
     def _send_stop(self, handle: WorkerHandle) -> None:
         handle.stopping = True
-        try:
-            self._write(handle, serialization.dumps(Stop()))
-        except OSError:
-            processes.kill(handle)
+        self._write(handle, serialization.dumps(Stop()))
 
     def _write(self, handle: WorkerHandle, payload: bytes) -> None:
-        """Send one message without ever blocking: what the pipe cannot take now waits in the
-        handle's outbox and goes out when the pipe is writable again. A manager that blocked here
-        could deadlock with a worker blocked writing a big result back."""
-        data = processes.frame(payload)
-        if handle.outbox:
-            handle.outbox += data
-            return
-        try:
-            written = os.write(handle.task_conn.fileno(), data)
-        except BlockingIOError:
-            written = 0
-        if written < len(data):
-            handle.outbox += memoryview(data)[written:]
-            self._selector.register(handle.task_conn, selectors.EVENT_WRITE, ("write", handle))
+        """Queue one message for ``handle``; :meth:`_push` sends what a round queued.
+
+        Messages go out together, in one write per worker per loop round: each write to a
+        waiting worker wakes it (a context switch of ~30 us), which for tiny tasks cost more than
+        the tasks. The manager never blocks writing: what the pipe cannot take stays in the
+        outbox until the pipe is writable again (a manager blocked on a worker that is itself
+        blocked writing a big result back would deadlock).
+        """
+        handle.outbox += processes.frame(payload)
+        self._unpushed.add(handle)
+
+    def _push(self) -> None:
+        for handle in self._unpushed:
+            if not handle.write_waiting:
+                self._flush(handle)
+        self._unpushed.clear()
 
     def _flush(self, handle: WorkerHandle) -> None:
         try:
             written = os.write(handle.task_conn.fileno(), handle.outbox)
         except BlockingIOError:
-            return
+            written = 0
         except OSError:
             written = len(handle.outbox)  # the worker is gone; its sentinel will say so
         del handle.outbox[:written]
-        if not handle.outbox:
+        if handle.outbox and not handle.write_waiting:
+            self._selector.register(handle.task_conn, selectors.EVENT_WRITE, ("write", handle))
+            handle.write_waiting = True
+        elif not handle.outbox and handle.write_waiting:
             self._unregister(handle.task_conn)
+            handle.write_waiting = False
 
     def _stop_idle_workers(self) -> None:
         for handle in self._handles.values():

@@ -47,7 +47,8 @@ class WorkerHandle:
     retiring: bool = False  # asked to stop after its work (lifespan, memory, close)
     timed_out: Any = None  # the chunk it was killed for, when a timeout killed it
     stopping: bool = False  # Stop was sent
-    outbox: bytearray = field(default_factory=bytearray)  # framed bytes the pipe had no room for
+    outbox: bytearray = field(default_factory=bytearray)  # framed messages not yet written
+    write_waiting: bool = False  # the pipe was full: waiting for it to become writable
 
     @property
     def pid(self) -> int | None:
