@@ -33,6 +33,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/imap_memory.py --json bench-out/imap_memory.json
 	-$(PY) benchmarks/reliability.py --json bench-out/reliability.json
 	-$(PY) benchmarks/chaos.py
+	-$(PY) benchmarks/apply_async.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
