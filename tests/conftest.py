@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -39,9 +40,16 @@ def _ours(name: str) -> bool:
 
 def _shm_entries() -> set[str]:
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(_SHM_PREFIXES)}
+        entries = {n for n in os.listdir("/dev/shm") if n.startswith(_SHM_PREFIXES)}
     except OSError:
         return set()
+    # allcores.sync gives each thread one private wake semaphore for the life of the process;
+    # the main thread's is made by the first test that waits on a primitive, and is no leak.
+    resources = sys.modules.get("allcores.sync._resources")
+    me = getattr(getattr(resources, "_me", None), "name", None)
+    if me:
+        entries.discard("sem." + me[1:])
+    return entries
 
 
 def _stop_default_pool() -> None:
@@ -52,13 +60,23 @@ def _stop_default_pool() -> None:
 
 @pytest.fixture(autouse=True)
 def no_leaks(request):
-    """Fail a test that leaves a child process, a thread or a shared-memory segment behind."""
+    """Fail a test that leaves a child process, a thread or a shared-memory segment behind.
+
+    The one leak check of the suite: shared-memory and sync tests rely on it too.
+    """
     threads_before = set(threading.enumerate())
     shm_before = _shm_entries()
+    # Processes already there (a module-scoped pool's workers) are not this test's leak.
+    children_before = {c.pid for c in psutil.Process().children(recursive=True)}
     yield
     _stop_default_pool()
+    gc.collect()  # objects that own segments free them when collected
     me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if not _infrastructure(c)]
+    children = [
+        c
+        for c in me.children(recursive=True)
+        if c.pid not in children_before and not _infrastructure(c)
+    ]
     _, alive = psutil.wait_procs(children, timeout=LEAK_GRACE_SECONDS)
     leaked_threads = []
     for thread in set(threading.enumerate()) - threads_before:

@@ -24,14 +24,6 @@ def segments(pid: int | None = None) -> set[str]:
     return {n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)}
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_segments():
-    before = segments()
-    yield
-    gc.collect()
-    assert segments() == before, "the test left shared-memory segments in /dev/shm"
-
-
 @pytest.fixture
 def pool(start_method):  # start_method: fork, spawn, forkserver (tests/conftest.py)
     with allcores.Pool(2, context=start_method) as p:

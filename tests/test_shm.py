@@ -24,13 +24,6 @@ def segments(pid: int | None = None) -> set[str]:
     return {n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)}
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_segments():
-    before = segments()
-    yield
-    assert segments() == before, "the test left shared-memory segments in /dev/shm"
-
-
 def base_object(arr):
     """What finally owns an array's memory (walks .base through views and memoryviews)."""
     obj = arr

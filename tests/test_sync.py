@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import pickle
 import queue
 import shutil
@@ -15,27 +14,10 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import allcores
-from allcores.sync import _resources
 from allcores.sync._limit import _limit_dir
 
 METHODS = ["fork", "spawn", "forkserver"]
 TIMEOUT = 60  # seconds any single wait in a task may take before the test fails
-
-
-def _ours() -> set[str]:
-    """allcores.sync objects in /dev/shm created by this process (pid is in the name), except
-    the main thread's private wake semaphore, which lives as long as the process."""
-    tag = f"-{os.getpid()}-"
-    mine = "sem." + _resources._me.name[1:]
-    return {f for f in os.listdir("/dev/shm") if "allcores-sync-" in f and tag in f and f != mine}
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = _ours()
-    yield
-    gc.collect()
-    assert _ours() - before == set(), "semaphores / shared memory left in /dev/shm"
 
 
 POOLS = [("multiprocessing", m) for m in METHODS] + [("allcores", m) for m in METHODS]

@@ -26,18 +26,6 @@ def _by_pid(pid: int) -> set[str]:
     return {f for f in os.listdir("/dev/shm") if "allcores-sync-" in f and tag in f}
 
 
-def _ours() -> set[str]:
-    return _by_pid(os.getpid()) - {"sem." + _resources._me.name[1:]}
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = _ours()
-    yield
-    gc.collect()
-    assert _ours() - before == set(), "semaphores / shared memory left in /dev/shm"
-
-
 MAKE_EVERYTHING = """
     import os, sys
     import allcores

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import pickle
@@ -18,20 +17,6 @@ from allcores.sync import _queue, _resources
 
 TIMEOUT = 60
 FORK = multiprocessing.get_context("fork")
-
-
-def _ours() -> set[str]:
-    tag = f"-{os.getpid()}-"
-    mine = "sem." + _resources._me.name[1:]
-    return {f for f in os.listdir("/dev/shm") if "allcores-sync-" in f and tag in f and f != mine}
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = _ours()
-    yield
-    gc.collect()
-    assert _ours() - before == set(), "semaphores / shared memory left in /dev/shm"
 
 
 # -- many producers, many consumers ---------------------------------------------------------
