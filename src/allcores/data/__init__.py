@@ -24,7 +24,7 @@ from typing import Any
 
 from allcores.data._errors import DataError
 from allcores.data._output import atomic_output
-from allcores.data._partition import Partition, plan, read_partition
+from allcores.data._partition import Partition, check_columns, plan, read_partition
 from allcores.data._rfm import REQUIRED_COLUMNS, SEGMENTS, rfm_finalize, rfm_partial
 from allcores.data._sample import SAMPLE_COLUMNS, write_sample
 
@@ -77,7 +77,7 @@ def analyze(
         ...     combine=lambda a, b: a.add(b, fill_value=0), columns=["channel", "amount"])
     """
     parts = plan(path, partitions)
-    _check_columns(parts[0], columns)
+    check_columns(parts[0], columns)
     results = _map(functools.partial(_apply, fn, columns), parts, workers)
     return _combine(results, combine)
 
@@ -103,7 +103,7 @@ def rfm(
         >>> table["segment"].value_counts()                   # doctest: +SKIP
     """
     parts = plan(path, partitions)
-    _check_columns(parts[0], list(REQUIRED_COLUMNS))
+    check_columns(parts[0], list(REQUIRED_COLUMNS))
     return rfm_finalize(_map(_rfm_task, parts, workers), as_of)
 
 
@@ -125,17 +125,6 @@ def write_output(df: Any, path: str | os.PathLike[str]) -> str:
         else:
             df.to_csv(tmp, index=False)
     return p
-
-
-def _check_columns(part: Partition, columns: list[str] | None) -> None:
-    missing = [c for c in columns or () if c not in part.columns]
-    if missing:
-        raise DataError(
-            f"no such column; the file has: {', '.join(part.columns)}",
-            file=part.file,
-            line=1 if part.format == "csv" else None,
-            column=missing[0],
-        )
 
 
 def _apply(fn: Callable[[Any], Any], columns: list[str] | None, part: Partition) -> Any:

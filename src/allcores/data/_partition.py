@@ -27,7 +27,7 @@ from typing import Any
 
 from allcores.data._errors import DataError
 
-__all__ = ["Partition", "plan", "read_partition"]
+__all__ = ["Partition", "check_columns", "plan", "read_partition"]
 
 #: A CSV partition holds at most this many bytes: parsed, that is a few hundred MiB of
 #: DataFrame per worker at most.
@@ -184,6 +184,18 @@ def _plan_parquet(path: str, partitions: int | None) -> list[Partition]:
     ]
 
 
+def check_columns(part: Partition, columns: list[str] | None) -> None:
+    """Raise a :class:`DataError` naming the first of ``columns`` the file does not have."""
+    missing = [c for c in columns or () if c not in part.columns]
+    if missing:
+        raise DataError(
+            f"no such column; the file has: {', '.join(part.columns)}",
+            file=part.file,
+            line=1 if part.format == "csv" else None,
+            column=missing[0],
+        )
+
+
 def read_partition(
     part: Partition, columns: list[str] | None = None, dtype: dict[str, str] | None = None
 ) -> Any:
@@ -195,14 +207,7 @@ def read_partition(
         dtype: CSV only, e.g. ``{"amount": "float64"}``; a value that does not convert is a
             :class:`DataError` naming its line and column.
     """
-    missing = [c for c in columns or () if c not in part.columns]
-    if missing:
-        raise DataError(
-            f"no such column; the file has: {', '.join(part.columns)}",
-            file=part.file,
-            line=1 if part.format == "csv" else None,
-            column=missing[0],
-        )
+    check_columns(part, columns)
     if part.format == "parquet":
         import pyarrow.parquet as pq
 
