@@ -15,7 +15,7 @@ from typing import Any
 
 from allcores._engine.client import check_workers, resolve_context
 from allcores._engine.jobs import MapResults, OnError
-from allcores._pool import Pool
+from allcores._pool import Pool, _as_sequence
 
 __all__ = ["imap", "map", "shutdown"]
 
@@ -95,7 +95,7 @@ def map(
     mode = 1 if star else 0
     try:
         if ordered:
-            return pool._async(fn, _seq(iterable), mode, chunksize, None, None,
+            return pool._async(fn, _as_sequence(iterable), mode, chunksize, None, None,
                                progress=progress, options=options).get()
         out = MapResults()
         it = pool._iter(fn, iterable, mode, chunksize, False, options, progress)
@@ -144,9 +144,3 @@ def _guarded(pool: Pool, it) -> Iterator[Any]:
         raise
     finally:
         it.close()
-
-
-def _seq(iterable: Iterable[Any]) -> Iterable[Any]:
-    if isinstance(iterable, (list, tuple, range)):
-        return iterable
-    return list(iterable)
