@@ -17,9 +17,10 @@ from concurrent.futures import Executor as _StdExecutor
 from typing import Any
 
 from allcores import errors as _errors
-from allcores._engine.client import Engine, TaskOptions
+from allcores._engine.client import Engine, LocalEngine
 from allcores._engine.jobs import IterSink, Sink
 from allcores._engine.messages import CALL_ARGS, CALL_STAR
+from allcores._engine.options import TaskOptions
 
 __all__ = ["Executor"]
 
@@ -74,21 +75,23 @@ class Executor(_StdExecutor):
         max_memory: int | None = None,
         memory_reserve: int | str | None = "auto",
     ) -> None:
-        self._engine = Engine(
+        self._engine: Engine = LocalEngine(
             max_workers,
             mp_context,
             initializer,
             initargs,
             max_tasks_per_child,
             max_memory,
-            TaskOptions(timeout=timeout, retries=retries, retry_on=retry_on),
+            TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on),
             memory_reserve,
         )
         self._max_workers = self._engine.workers
+        # One item a message: a future's item starts as soon as a worker is free.
+        self._submit_options = self._engine.options.merged(chunksize=1)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
-        self._finalizer = weakref.finalize(self, self._engine.manager.terminate)
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``."""
@@ -101,7 +104,7 @@ class Executor(_StdExecutor):
                 [(args, kwargs)],
                 _FutureSink(future),
                 mode=CALL_ARGS,
-                chunksize=1,
+                options=self._submit_options,
                 on_dispatch=future.set_running_or_notify_cancel,
             )
             self._pending.add(future)
@@ -121,24 +124,29 @@ class Executor(_StdExecutor):
         (adaptive) unless given; ``buffersize`` bounds how many items are read ahead of the
         consumer (the input is always read lazily).
         """
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
+        ):
             raise ValueError("buffersize must be None or > 0")
+        if chunksize == "auto" and buffersize is not None:
+            chunksize = 1  # buffersize counts items ahead of the consumer: one item a chunk
+        options = self._engine.options.merged(chunksize=chunksize)
+        engine = self._engine
         with self._shutdown_lock:
             if self._shutdown:
                 raise _errors.PoolClosedError("cannot schedule new futures after shutdown")
             sink = IterSink()
-            manager = self._engine.manager
-            sink.on_consume = manager.wake
-            job = self._engine.start(
+            sink.on_consume = engine.consumed
+            job = engine.start(
                 fn,
                 zip(*iterables),  # noqa: B905 - stops at the shortest, as the stdlib does
                 sink,
                 mode=CALL_STAR,
-                chunksize=1 if buffersize is not None and chunksize == "auto" else chunksize,
+                options=options,
                 max_outstanding=buffersize,
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _results(sink, deadline, lambda: manager.cancel(job, CancelledError()))
+        return _results(sink, deadline, lambda: engine.cancel(job, CancelledError()))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with cancel_futures, cancel what has not started."""
@@ -147,10 +155,9 @@ class Executor(_StdExecutor):
             if cancel_futures:
                 for future in list(self._pending):
                     future.cancel()
-        manager = self._engine.manager
-        manager.close()
+        self._engine.close()
         if wait:
-            manager.join()
+            self._engine.join()
 
 
 def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None]) -> Iterator[Any]:

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from allcores._engine.client import check_workers, resolve_context
-from allcores._engine.jobs import MapResults, OnError
+from allcores._engine.jobs import MapResults
+from allcores._engine.messages import CALL_ONE, CALL_STAR
+from allcores._engine.options import OnError
 from allcores._pool import Pool, _as_sequence
 
 __all__ = ["imap", "map", "shutdown"]
@@ -32,7 +34,7 @@ def _pool(workers: int | None) -> Pool:
     with _lock:
         if _default is not None and _default_pid != os.getpid():
             _default = None  # inherited through fork: the manager thread is not in this process
-        if _default is not None and (_default_key != key or not _default._engine.manager.alive):
+        if _default is not None and (_default_key != key or not _default._engine.alive):
             _default.terminate()
             _default = None
         if _default is None:
@@ -91,14 +93,13 @@ def map(
     [0, 1, 4, 9, 16]
     """
     pool = _pool(workers)
-    options = pool._options(timeout, retries, retry_on, on_error)
-    mode = 1 if star else 0
+    options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize)
+    mode = CALL_STAR if star else CALL_ONE
     try:
         if ordered:
-            return pool._async(fn, _as_sequence(iterable), mode, chunksize, None, None,
-                               progress=progress, options=options).get()
+            return pool._async(fn, _as_sequence(iterable), mode, options).get()
         out = MapResults()
-        it = pool._iter(fn, iterable, mode, chunksize, False, options, progress)
+        it = pool._iter(fn, iterable, mode, False, options)
         out.extend(it)
         out.failures = it.failures
         return out
@@ -131,8 +132,8 @@ def imap(
     ['A', 'B']
     """
     pool = _pool(workers)
-    options = pool._options(timeout, retries, retry_on, on_error)
-    it = pool._iter(fn, iterable, 1 if star else 0, chunksize, ordered, options, progress)
+    options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize)
+    it = pool._iter(fn, iterable, CALL_STAR if star else CALL_ONE, ordered, options)
     return _guarded(pool, it)
 
 

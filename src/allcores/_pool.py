@@ -10,11 +10,13 @@ from __future__ import annotations
 import multiprocessing
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError
 from typing import Any
 
-from allcores._engine.client import Engine, TaskOptions
-from allcores._engine.jobs import IterSink, Job, ListSink, MapResults
+from allcores._engine.client import Engine, LocalEngine
+from allcores._engine.jobs import IterSink, ListSink, MapResults
 from allcores._engine.messages import CALL_ARGS, CALL_ONE, CALL_STAR
+from allcores._engine.options import TaskOptions
 
 __all__ = ["AsyncResult", "Pool"]
 
@@ -22,9 +24,8 @@ __all__ = ["AsyncResult", "Pool"]
 class AsyncResult:
     """The pending result of ``apply_async`` / ``map_async``, as in ``multiprocessing``."""
 
-    def __init__(self, sink: ListSink, job: Job | None = None) -> None:
+    def __init__(self, sink: ListSink) -> None:
         self._sink = sink
-        self._job = job
 
     def ready(self) -> bool:
         return self._sink.done.is_set()
@@ -42,7 +43,6 @@ class AsyncResult:
         if not self._sink.done.wait(timeout):
             raise multiprocessing.TimeoutError
         return self._sink.value()
-
 
 
 class IMapIterator:
@@ -134,43 +134,42 @@ class Pool:
         max_memory: int | None = None,
         memory_reserve: int | str | None = "auto",
     ) -> None:
-        self._engine = Engine(
+        self._engine: Engine = LocalEngine(
             processes,
             context,
             initializer,
             initargs,
             maxtasksperchild,
             max_memory,
-            TaskOptions(timeout=timeout, retries=retries, retry_on=retry_on),
+            TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on),
             memory_reserve,
         )
         self._processes = self._engine.workers
-        manager = self._engine.manager
-        self._finalizer = weakref.finalize(self, manager.terminate)
+        self._single_options = self._options(chunksize=1)  # apply_async: made once, not per call
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
 
-    # -- helpers ------------------------------------------------------------------------
+    # -- the door to the engine: every method (and allcores.map/imap) goes through these ------
 
-    def _options(self, timeout, retries, retry_on, on_error) -> TaskOptions:
+    def _options(self, timeout=None, retries=None, retry_on=None, on_error=None, progress=None,
+                 chunksize=None) -> TaskOptions:
+        """The pool's options with this call's keywords (None: the pool's default)."""
         return self._engine.options.merged(
-            timeout=timeout, retries=retries, retry_on=retry_on, on_error=on_error
+            item_timeout=timeout, retries=retries, retry_on=retry_on, on_error=on_error,
+            progress=progress, chunksize=chunksize,
         )
 
-    def _async(self, fn, iterable, mode, chunksize, callback, error_callback, single=False,
-               progress=None, options=None) -> AsyncResult:
+    def _async(self, fn, iterable, mode, options, callback=None, error_callback=None,
+               single=False) -> AsyncResult:
         sink = ListSink(single=single, callback=callback, error_callback=error_callback)
-        job = self._engine.start(fn, iterable, sink, mode=mode, chunksize=chunksize,
-                                 options=options, progress=progress)
-        return AsyncResult(sink, job)
+        self._engine.start(fn, iterable, sink, mode=mode, options=options)
+        return AsyncResult(sink)
 
-    def _iter(self, fn, iterable, mode, chunksize, ordered, options, progress) -> IMapIterator:
+    def _iter(self, fn, iterable, mode, ordered, options) -> IMapIterator:
+        engine = self._engine
         sink = IterSink()
-        manager = self._engine.manager
-        sink.on_consume = manager.wake
-        job = self._engine.start(fn, iterable, sink, mode=mode, chunksize=chunksize,
-                                 ordered=ordered, options=options, progress=progress)
-        from concurrent.futures import CancelledError
-
-        return IMapIterator(sink, lambda: manager.cancel(job, CancelledError()))
+        sink.on_consume = engine.consumed
+        job = engine.start(fn, iterable, sink, mode=mode, ordered=ordered, options=options)
+        return IMapIterator(sink, lambda: engine.cancel(job, CancelledError()))
 
     # -- multiprocessing.Pool API -------------------------------------------------------------
 
@@ -186,16 +185,16 @@ class Pool:
                     ) -> AsyncResult:
         """Like :meth:`apply`, but returns an :class:`AsyncResult` at once."""
         item = (tuple(args), dict(kwds or {}))
-        return self._async(func, [item], CALL_ARGS, 1, callback, error_callback, single=True)
+        return self._async(func, [item], CALL_ARGS, self._single_options, callback,
+                           error_callback, single=True)
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None, *, timeout: float | None = None,
             retries: int | None = None, retry_on=None, on_error: str | None = None,
             progress: Any = False) -> MapResults:
         """``[func(x) for x in iterable]`` on every worker, in order."""
-        options = self._options(timeout, retries, retry_on, on_error)
-        return self._async(func, _as_sequence(iterable), CALL_ONE, chunksize, None, None,
-                           progress=progress, options=options).get()
+        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
+        return self._async(func, _as_sequence(iterable), CALL_ONE, options).get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: int | None = None,
@@ -204,9 +203,9 @@ class Pool:
                   *, timeout: float | None = None, retries: int | None = None,
                   retry_on=None, on_error: str | None = None,
                   progress: Any = False) -> AsyncResult:
-        options = self._options(timeout, retries, retry_on, on_error)
-        return self._async(func, _as_sequence(iterable), CALL_ONE, chunksize, callback,
-                           error_callback, progress=progress, options=options)
+        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
+        return self._async(func, _as_sequence(iterable), CALL_ONE, options, callback,
+                           error_callback)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, **extras: Any) -> MapResults:
@@ -220,9 +219,9 @@ class Pool:
                       *, timeout: float | None = None, retries: int | None = None,
                       retry_on=None, on_error: str | None = None,
                       progress: Any = False) -> AsyncResult:
-        options = self._options(timeout, retries, retry_on, on_error)
-        return self._async(func, _as_sequence(iterable), CALL_STAR, chunksize, callback,
-                           error_callback, progress=progress, options=options)
+        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
+        return self._async(func, _as_sequence(iterable), CALL_STAR, options, callback,
+                           error_callback)
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
              chunksize: int | None = None, *, timeout: float | None = None,
@@ -232,31 +231,30 @@ class Pool:
 
         The input is read lazily, with a bounded number of items in flight.
         """
-        options = self._options(timeout, retries, retry_on, on_error)
-        return self._iter(func, iterable, CALL_ONE, chunksize, True, options, progress)
+        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
+        return self._iter(func, iterable, CALL_ONE, True, options)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                        chunksize: int | None = None, *, timeout: float | None = None,
                        retries: int | None = None, retry_on=None,
                        on_error: str | None = None, progress: Any = False) -> IMapIterator:
         """Results in the order they finish."""
-        options = self._options(timeout, retries, retry_on, on_error)
-        return self._iter(func, iterable, CALL_ONE, chunksize, False, options, progress)
+        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
+        return self._iter(func, iterable, CALL_ONE, False, options)
 
     def close(self) -> None:
         """Accept no more work; the workers exit once the submitted work is done."""
-        self._engine.manager.close()
+        self._engine.close()
 
     def terminate(self) -> None:
         """Stop the workers now; unfinished results fail with PoolClosedError."""
-        self._engine.manager.terminate()
+        self._engine.terminate()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the workers to exit; call close() or terminate() first."""
-        manager = self._engine.manager
-        if manager.accepting:  # the standard pool raises the same
+        if self._engine.accepting:  # the standard pool raises the same
             raise ValueError("Pool is still running: call close() or terminate() before join()")
-        manager.join(timeout)
+        self._engine.join(timeout)
 
     def __enter__(self) -> Pool:
         return self
@@ -265,7 +263,7 @@ class Pool:
         self.terminate()  # as multiprocessing.Pool does
 
     def __repr__(self) -> str:
-        state = "running" if self._engine.manager.accepting else "closed"
+        state = "running" if self._engine.accepting else "closed"
         return f"<allcores.Pool state={state} processes={self._processes}>"
 
     # -- allcores extras ----------------------------------------------------------------------
@@ -277,7 +275,7 @@ class Pool:
 
     def worker_pids(self) -> list[int]:
         """The process ids of the current workers."""
-        return self._engine.manager.pids()
+        return self._engine.pids()
 
 
 def _as_sequence(iterable: Iterable[Any]) -> Iterable[Any]:

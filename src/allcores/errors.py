@@ -12,11 +12,12 @@ Where the standard library already has a class for the same meaning, ours subcla
         │                                   running an item (also BrokenProcessPool)
         ├── TaskTimeoutError                an item ran past its timeout= and was stopped
         │                                   (also TimeoutError)
-        └── SerializationError              something could not cross the process boundary
-            ├── ArgumentPicklingError       an argument (or the function) failed to pickle
-            │                               (also pickle.PicklingError and TypeError)
-            └── ResultPicklingError         a result failed to pickle in the worker
-                                            (also pickle.PicklingError and TypeError)
+        ├── SerializationError              something could not cross the process boundary
+        │   ├── ArgumentPicklingError       an argument (or the function) failed to pickle
+        │   │                               (also pickle.PicklingError and TypeError)
+        │   └── ResultPicklingError         a result failed to pickle in the worker
+        │                                   (also pickle.PicklingError and TypeError)
+        └── InternalError                   allcores itself is wrong: a bug to report
 
 A task's own exception is never wrapped: it is re-raised with its original type, the worker's
 traceback attached as ``__cause__`` (a :class:`RemoteTraceback`), and a note naming the item.
@@ -30,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "AllcoresError",
     "ArgumentPicklingError",
+    "InternalError",
     "PoolClosedError",
     "RemoteTraceback",
     "ResultPicklingError",
@@ -125,6 +127,20 @@ class ArgumentPicklingError(SerializationError, pickle.PicklingError, TypeError)
 
 class ResultPicklingError(SerializationError, pickle.PicklingError, TypeError):
     """A task's return value could not be pickled in the worker to travel back."""
+
+
+class InternalError(AllcoresError):
+    """allcores itself is wrong (an engine invariant broke): not your code, please report it.
+
+    The calls that were running fail with it, so none of them hangs; the message says what
+    broke, and ``__cause__`` holds the original exception where there is one.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            f"allcores internal error: {message}. This is a bug in allcores, not in your code; "
+            "please report it with this traceback."
+        )
 
 
 class RemoteTraceback(Exception):

@@ -1,23 +1,30 @@
-"""What every facade (Pool, Executor, the one-liners) shares: start method, function
-registry, options, and turning a call into a :class:`Job` on the manager."""
+"""The engine's door: what every facade (Pool, Executor, the one-liners, and the batch tools
+through them) calls, and nothing else.
+
+:class:`Engine` is the interface a facade sees; :class:`LocalEngine` runs it on worker processes
+of this machine (the manager thread, ``manager.py``). A facade turns its keyword arguments into
+one :class:`~allcores._engine.options.TaskOptions`, hands the engine a function, the items and a
+:class:`~allcores._engine.jobs.Sink`, and reads the results from the sink.
+"""
 
 from __future__ import annotations
 
+import abc
 import multiprocessing
 import os
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import serialization
 from allcores._engine.cpu import cpu_count
-from allcores._engine.jobs import ON_ERROR_CHOICES, Job, OnError, Sink
+from allcores._engine.jobs import Job, Sink
 from allcores._engine.manager import Manager
-from allcores._engine.scheduler import RetryPolicy
+from allcores._engine.messages import CALL_ONE
+from allcores._engine.options import TaskOptions
 
 # Functions whose pickled form a pool keeps, so apply_async in a loop pickles its function once.
 FUNCTION_CACHE_SIZE = 128
@@ -62,49 +69,6 @@ def check_workers(workers: int | None) -> int:
     return workers
 
 
-@dataclass(frozen=True)
-class TaskOptions:
-    """How the items of one call are run; a pool's defaults, overridable per call.
-
-    Attributes:
-        timeout: seconds one item may run; past it the worker is stopped and replaced and the
-            item fails with TaskTimeoutError. None: no limit.
-        retries: how many more times a failed item runs (crashes and timeouts always, task
-            exceptions only when their type is in ``retry_on``).
-        retry_on: task exception types that earn a retry.
-        on_error: "raise" (fail fast: the first error is raised and pending work is dropped),
-            "collect" (the exception stands in the results at the item's place), or "skip"
-            (failed items are left out; listed in ``.failures``).
-        backoff: seconds before the first retry, doubling with each further attempt.
-    """
-
-    timeout: float | None = None
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = field(default=())
-    on_error: OnError = "raise"
-    backoff: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, got {self.retries!r}")
-        if self.on_error not in ON_ERROR_CHOICES:
-            raise ValueError(
-                f"on_error must be one of {', '.join(map(repr, ON_ERROR_CHOICES))}, "
-                f"got {self.on_error!r}"
-            )
-        if isinstance(self.retry_on, type):
-            object.__setattr__(self, "retry_on", (self.retry_on,))
-
-    def merged(self, **overrides: Any) -> TaskOptions:
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(self, **given) if given else self
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, tuple(self.retry_on), self.backoff)
-
-
 # By default new work waits while the machine has less than this share of its memory available:
 # past that point the kernel's OOM killer is close, and it kills whichever process it likes.
 DEFAULT_MEMORY_RESERVE_FRACTION = 0.05
@@ -126,16 +90,98 @@ def resolve_memory_reserve(reserve: int | str | None) -> int | None:
     return reserve
 
 
-def parse_chunksize(chunksize: Any) -> int | None:
-    if chunksize is None or chunksize == "auto":
-        return None
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be a positive integer or 'auto', got {chunksize!r}")
-    return chunksize
 
 
-class Engine:
-    """A manager plus what the facades need to turn calls into jobs."""
+class Engine(abc.ABC):
+    """The facades' only door to running work: submit calls, take results, shut down.
+
+    A call is a function, its items, how to call the function on an item (``mode``), its
+    :class:`TaskOptions` and a :class:`Sink`. The engine runs the items and reports through the
+    sink alone, from any thread of its own:
+
+    - ``sink.deliver(values)`` with the results of consecutive items, in input order when the
+      call is ``ordered`` (else in any order), each item exactly once, failed items standing in
+      as ``on_error`` says;
+    - then exactly one of ``sink.finish(failures)`` (every item settled) or
+      ``sink.fail(error)`` (the call failed as a whole: fail-fast, cancelled, pool stopped).
+
+    What a backend must provide (the local processes are one; a cluster backend is another):
+
+    - ``workers``: how many items may run at once; ``options``: the defaults of every call.
+    - :meth:`start`: accept a call and return a handle for :meth:`cancel`; never block the
+      caller for long, never run the function in the caller's thread; raise
+      ``PoolClosedError`` at once after :meth:`close`/:meth:`terminate`, and the pool's error
+      at once when it is broken.
+    - :meth:`cancel`: stop feeding a call and fail its sink with the given error.
+    - :meth:`consumed`: the caller took results out of a bounded sink (``imap``), so more input
+      may be read (back-pressure).
+    - the honour of ``TaskOptions``: a per-item timeout, retries of crashes, timeouts and
+      ``retry_on`` exceptions, the ``on_error`` policy, progress, the chunk size.
+    - :meth:`close` (finish the submitted calls, then stop), :meth:`terminate` (stop now, fail
+      what is unfinished with ``PoolClosedError``), :meth:`join`, ``alive``, ``accepting`` and
+      :meth:`pids` (the worker processes of this machine, if any).
+    """
+
+    workers: int
+    options: TaskOptions
+
+    @abc.abstractmethod
+    def start(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        sink: Sink,
+        *,
+        mode: int = CALL_ONE,
+        ordered: bool = True,
+        options: TaskOptions | None = None,
+        on_dispatch: Callable[[], bool] | None = None,
+        max_outstanding: int | None = None,
+    ) -> object:
+        """Run ``fn`` over ``iterable``; results flow into ``sink``.
+
+        ``on_dispatch`` is called just before the first item is sent; False means the call
+        was cancelled meanwhile (a Future), and nothing runs. ``max_outstanding`` bounds the
+        chunks in flight or waiting for the caller (``Executor.map(buffersize=)``).
+        """
+
+    @abc.abstractmethod
+    def cancel(self, handle: object, error: BaseException) -> None:
+        """Stop feeding the call ``handle``; its sink fails with ``error``."""
+
+    @abc.abstractmethod
+    def consumed(self) -> None:
+        """The caller took results from a bounded sink: more input may flow."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Accept no more calls; stop once the submitted ones are done."""
+
+    @abc.abstractmethod
+    def terminate(self) -> None:
+        """Stop now; unfinished calls fail with PoolClosedError."""
+
+    @abc.abstractmethod
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until stopped after close() or terminate(); True if it did."""
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """False once the engine has stopped (closed, terminated or broken)."""
+
+    @property
+    @abc.abstractmethod
+    def accepting(self) -> bool:
+        """True until close() or terminate()."""
+
+    def pids(self) -> list[int]:
+        """Process ids of the workers on this machine (none for a remote backend)."""
+        return []
+
+
+class LocalEngine(Engine):
+    """Worker processes on this machine, run by one manager thread (``manager.py``)."""
 
     def __init__(
         self,
@@ -152,12 +198,16 @@ class Engine:
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
         if max_tasks_per_child is not None and (
-            not isinstance(max_tasks_per_child, int) or max_tasks_per_child < 1
+            isinstance(max_tasks_per_child, bool)
+            or not isinstance(max_tasks_per_child, int)
+            or max_tasks_per_child < 1
         ):
             raise ValueError(
                 f"maxtasksperchild must be a positive integer or None, got {max_tasks_per_child!r}"
             )
-        if max_memory is not None and max_memory <= 0:
+        if max_memory is not None and (
+            isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0
+        ):
             raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
         self.context = resolve_context(context)
         self.options = options or TaskOptions()
@@ -167,7 +217,7 @@ class Engine:
         self._functions: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
         self._function_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
-        self.manager = Manager(
+        self._manager = Manager(
             self.workers,
             self.context,
             init_blob,
@@ -188,7 +238,7 @@ class Engine:
             )
             raise error from exc
 
-    def register(self, fn: Callable[..., Any]) -> tuple[int, bytes, bool]:
+    def _register(self, fn: Callable[..., Any]) -> tuple[int, bytes, bool]:
         """The id and pickled form of ``fn``, pickled once per pool for plain functions, and
         whether it is cached (then later calls reuse the id, and workers keep the function)."""
         if not callable(fn):
@@ -208,7 +258,7 @@ class Engine:
                 if len(self._functions) > FUNCTION_CACHE_SIZE:
                     evicted = self._functions.popitem(last=False)[1][0]
             if evicted is not None:
-                self.manager.forget_function(evicted)
+                self._manager.forget_function(evicted)
         return (*entry, cacheable)
 
     def start(
@@ -217,17 +267,14 @@ class Engine:
         iterable: Iterable[Any],
         sink: Sink,
         *,
-        mode: int = 0,
-        chunksize: Any = None,
+        mode: int = CALL_ONE,
         ordered: bool = True,
         options: TaskOptions | None = None,
-        progress: Any = None,
         on_dispatch: Callable[[], bool] | None = None,
         max_outstanding: int | None = None,
     ) -> Job:
-        """Submit one call's items; results flow into ``sink``."""
         options = options or self.options
-        fn_id, blob, cached = self.register(fn)
+        fn_id, blob, cached = self._register(fn)
         job = Job(
             fn_id,
             blob,
@@ -235,19 +282,38 @@ class Engine:
             sink,
             workers=self.workers,
             mode=mode,
-            chunksize=parse_chunksize(chunksize),
             ordered=ordered,
-            on_error=options.on_error,
-            policy=options.policy(),
-            timeout=options.timeout,
-            progress=None,
+            options=options,
             on_dispatch=on_dispatch,
             max_outstanding=max_outstanding,
             fn_cached=cached,
         )
-        if progress:
-            from allcores._progress import make_progress
-
-            job.progress = make_progress(progress, job.total)
-        self.manager.submit(job)
+        self._manager.submit(job)
         return job
+
+    def cancel(self, handle: object, error: BaseException) -> None:
+        assert isinstance(handle, Job)
+        self._manager.cancel(handle, error)
+
+    def consumed(self) -> None:
+        self._manager.wake()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def terminate(self) -> None:
+        self._manager.terminate()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._manager.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._manager.alive
+
+    @property
+    def accepting(self) -> bool:
+        return self._manager.accepting
+
+    def pids(self) -> list[int]:
+        return self._manager.pids()

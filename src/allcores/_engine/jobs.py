@@ -13,17 +13,15 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import serialization, shm
 from allcores._engine.messages import TaskError
-from allcores._engine.scheduler import MAX_REORDER_ITEMS, ChunkSizer, Reorderer, RetryPolicy
+from allcores._engine.options import OnError, TaskOptions
+from allcores._engine.scheduler import MAX_REORDER_ITEMS, ChunkSizer, Reorderer
 
 __all__ = ["Failure", "MapResults", "OnError"]
-
-OnError = Literal["raise", "collect", "skip"]
-ON_ERROR_CHOICES = ("raise", "collect", "skip")
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,6 @@ class Chunk:
     start: int
     items: Sequence  # a list, or a range for range inputs
     attempt: int = 1  # how many times these items have been sent
-    isolated: bool = False  # cut out of a chunk whose worker died, to find the culprit
     payload: bytes | None = None  # the packed items, made when the chunk is sent
     segments: list[str] = field(default_factory=list)  # shared memory the payload refers to
     deadline: float | None = None  # monotonic time by which it must finish (timeout=)
@@ -198,7 +195,12 @@ class IterSink(Sink):
 
 
 class Job:
-    """One call's items on their way through the pool. Manager-thread only, except ``cancel``."""
+    """One call's items on their way through the pool, and their bookkeeping.
+
+    The job counts its chunks out and back (:meth:`sent`, :meth:`returned`), holds its retries
+    until they are due (:meth:`release_due`), and settles itself exactly once: ``finish`` or
+    ``fail`` on its sink. Only the manager thread calls its methods.
+    """
 
     _ids = itertools.count()
 
@@ -211,33 +213,26 @@ class Job:
         *,
         workers: int,
         mode: int = 0,
-        chunksize: int | None = None,
         ordered: bool = True,
-        on_error: OnError = "raise",
-        policy: RetryPolicy | None = None,
-        timeout: float | None = None,
-        progress: Any = None,
+        options: TaskOptions | None = None,
         max_outstanding: int | None = None,
         on_dispatch: Callable[[], bool] | None = None,
         fn_cached: bool = False,
     ) -> None:
-        if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        options = options or TaskOptions()  # validated when it was made
         self.id = next(Job._ids)
         self.fn_id = fn_id
         self.fn_blob = fn_blob
         self.fn_cached = fn_cached  # the pool reuses fn_id for later calls of the same function
         self.sink = sink
         self.mode = mode
-        self.on_error = on_error
-        self.policy = policy or RetryPolicy()
-        self.timeout = timeout
-        self.progress = progress
+        self.on_error: OnError = options.on_error
+        self.policy = options.policy()
+        self.item_timeout = options.item_timeout  # seconds one item may run, or None
+        self.held_bytes = options.held_bytes
         self.on_dispatch = on_dispatch
         # A timed item must start as soon as it is sent, so the clock is right: one item a chunk.
-        self.sizer = ChunkSizer(workers, 1 if timeout is not None else chunksize)
+        self.sizer = ChunkSizer(workers, 1 if self.item_timeout is not None else options.chunksize)
         self.reorder = Reorderer(ordered)
         self.max_outstanding = max_outstanding or 4 * max(1, workers)
         self.pending: collections.deque[Chunk] = collections.deque()
@@ -247,7 +242,6 @@ class Job:
         self.in_flight = 0
         self.failures: list[Failure] = []
         self.finished = False
-        self.cancelled = False
         self._seq: Sequence | None = None
         self._iter: Iterator | None = None
         self.total: int | None = None
@@ -262,6 +256,11 @@ class Job:
                 self.total = None
         self.next_index = 0
         self.exhausted = self.total == 0
+        self.progress: Any = None
+        if options.progress:
+            from allcores._progress import make_progress
+
+            self.progress = make_progress(options.progress, self.total)
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -327,7 +326,10 @@ class Job:
         errors = list(errors)
         if len(values) < len(chunk.items) and not errors:
             # Defensive: a short answer without errors would silently lose items.
-            raise RuntimeError("allcores internal error: a chunk came back short")
+            raise _errors.InternalError(
+                f"a chunk of {len(chunk.items)} items came back with {len(values)} values "
+                "and no error"
+            )
         if not errors:
             self._deliver(chunk.start, len(chunk.items), values)
             return
@@ -353,6 +355,27 @@ class Job:
             rest = Chunk(self, chunk.start + ran, chunk.items[ran:], chunk.attempt)
             self.pending.appendleft(rest)
 
+    def sent(self, chunk: Chunk, now: float) -> None:
+        """``chunk`` went to a worker: it counts as in flight, and its clock starts."""
+        self.in_flight += 1
+        if self.item_timeout is not None:
+            chunk.deadline = now + self.item_timeout
+
+    def returned(self, chunk: Chunk) -> None:
+        """``chunk`` is back (answered, or its worker died): no longer in flight."""
+        self.in_flight -= 1
+        chunk.deadline = None
+
+    def release_due(self, now: float) -> bool:
+        """Move retries whose backoff has passed to the front of the queue; True if any."""
+        due = [c for t, c in self.delayed if t <= now]
+        if not due:
+            return False
+        self.delayed = [(t, c) for t, c in self.delayed if t > now]
+        for chunk in sorted(due, key=lambda c: c.start, reverse=True):
+            self.pending.appendleft(chunk)
+        return True
+
     def item_failed(
         self,
         index: int,
@@ -366,7 +389,7 @@ class Job:
         """One item failed for good or for now: retry it, or apply the error policy."""
         delay = self.policy.delay(attempt, error, infrastructure=infrastructure)
         if delay is not None:
-            retry = Chunk(self, index, [item], attempt + 1, isolated=True)
+            retry = Chunk(self, index, [item], attempt + 1)
             self.delayed.append((now + delay, retry))
             if self.retrying is not None:
                 self.retrying.add(self)
@@ -383,21 +406,18 @@ class Job:
         if self.progress is not None:
             self.progress.update(length)
 
-    def requeue(self, chunk: Chunk, *, front: bool = True) -> None:
+    def requeue(self, chunk: Chunk) -> None:
+        """Send ``chunk`` again as it was (it never started: queued behind a dead worker's)."""
         release(chunk)
         chunk.deadline = None
-        if front:
-            self.pending.appendleft(chunk)
-        else:
-            self.pending.append(chunk)
+        self.pending.appendleft(chunk)
 
     def isolate(self, chunk: Chunk) -> None:
         """Re-run a multi-item chunk whose worker died one item at a time, to find the culprit."""
         release(chunk)
         for offset in range(len(chunk.items) - 1, -1, -1):
             self.pending.appendleft(
-                Chunk(self, chunk.start + offset, [chunk.items[offset]], chunk.attempt,
-                      isolated=True)
+                Chunk(self, chunk.start + offset, [chunk.items[offset]], chunk.attempt)
             )
 
     # -- the end ---------------------------------------------------------------------------
@@ -408,6 +428,7 @@ class Job:
         )
 
     def maybe_finish(self) -> bool:
+        """Settle the job if every item is done; True once it is settled (either way)."""
         if self.finished:
             return True
         if self.is_complete():

@@ -2,24 +2,35 @@
 
 How a task travels::
 
-    caller thread                 manager thread                         worker process
-    -------------                 --------------                         --------------
+    caller thread                 manager thread                        worker process
+    -------------                 --------------                        --------------
     Pool.map(fn, items)
-      builds a Job + sink  --->   commands deque + wake pipe
-                                  select() over wake pipe,       RunChunk   reader thread
-                                  result pipes, worker    -------------->  -> local queue
-                                  sentinels and the next                    -> main thread
-                                  deadline                                     runs fn(item)...
-                                  Job.next_chunk()  (ChunkSizer)
+      LocalEngine.start()
+      builds a Job + sink  --->   Submit/Cancel/Forget commands
+                                  (a deque + the wake pipe)
+                                  select() over the wake pipe,
+                                  result pipes, worker sentinels,
+                                  outboxes waiting to be written,
+                                  and the next deadline
+                                  Job.next_chunk() (ChunkSizer)
+                                  outbox -> non-blocking write  RunChunk   main thread:
+                                                         ----------------> recv, run fn(item)...
                                                                  ChunkDone
-                                  Job.complete()   <------------------------  values, errors,
-                                  Reorderer -> sink                           seconds, rss
-      sink.get() / next()  <---   sink.deliver()/finish()/fail()
+                                  Job.complete()   <---------------------- values, errors,
+                                  Reorderer -> sink                        seconds, rss
+      sink.get() / next()  <---   sink.deliver()/finish()/fail()           (+ a lifeline thread
+                                                                         that exits the worker
+                                                                         when the parent dies)
 
 One ``select`` tells the manager everything: a command arrived, a result arrived, a worker died
-(its sentinel became readable), or a deadline passed (a timeout or a retry's backoff). It never
-polls. Each worker has its own pair of pipes, so the manager always knows which chunks a dead
-worker held: the running one is re-run item by item to find the culprit, queued ones are resent.
+(its sentinel became readable), a worker's pipe can take more of its outbox, or a deadline
+passed (a timeout or a retry's backoff). It never polls, and never blocks writing: a message the
+pipe cannot take waits in the worker's outbox. Each worker has its own pair of pipes, so the
+manager always knows which chunks a dead worker held: the running one is re-run item by item to
+find the culprit, queued ones are resent.
+
+The manager keeps the I/O and the bookkeeping of workers; a :class:`Job` keeps its own (chunks
+out and back, retries due, settling exactly once), and pure decisions live in ``scheduler.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import signal
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from allcores import errors as _errors
@@ -71,6 +83,35 @@ RECYCLE_IDLE_SECONDS = 5.0
 TERMINATE_GRACE = 0.5
 
 _RUNNING, _CLOSING, _TERMINATING, _DONE = range(4)
+
+
+# Commands: what a caller's thread asks of the manager thread, through the commands deque and
+# the wake pipe. Typed like the pipe messages (messages.py), so each says what it carries.
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Run ``job``."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
+
+    job: Job
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """No job will send function ``fn_id`` again: workers may drop it."""
+
+    fn_id: int
+
+
+Command = Submit | Cancel | Forget
 _live_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
 
 
@@ -108,7 +149,7 @@ class Manager:
         self.max_memory = max_memory
         self._state = _RUNNING
         self._state_lock = threading.Lock()
-        self._commands: collections.deque = collections.deque()
+        self._commands: collections.deque[Command] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False
         os.set_blocking(self._wake_w, False)
@@ -142,17 +183,17 @@ class Manager:
                 )
             if self._broken is not None:
                 raise self._broken
-            self._commands.append(("submit", job))
+            self._commands.append(Submit(job))
         self.wake()
 
     def forget_function(self, fn_id: int) -> None:
         """The pool no longer caches function ``fn_id``: workers may drop it."""
-        self._commands.append(("forget", fn_id))
+        self._commands.append(Forget(fn_id))
         self.wake()
 
     def cancel(self, job: Job, error: BaseException) -> None:
         """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
-        self._commands.append(("cancel", (job, error)))
+        self._commands.append(Cancel(job, error))
         self.wake()
 
     def wake(self) -> None:
@@ -211,7 +252,7 @@ class Manager:
         try:
             self._loop()
         except BaseException as exc:  # an engine bug must fail the jobs, never hang them
-            error = _errors.AllcoresError(f"allcores internal error in the manager: {exc!r}")
+            error = _errors.InternalError(f"the manager thread stopped on {exc!r}")
             error.__cause__ = exc
             self._fail_all(error)
         finally:
@@ -268,22 +309,21 @@ class Manager:
     def _take_commands(self) -> None:
         os.set_blocking(self._wake_r, False)
         while self._commands:
-            command, arg = self._commands.popleft()
-            if command == "submit":
-                known = self._function_costs.get(arg.fn_id)
-                if known is not None and arg.sizer.cost is None:
-                    arg.sizer.cost = known  # apply_async in a loop: the cost is known already
-                arg.retrying = self._retrying
-                self._jobs.add(arg)
-                self._feedable.append(arg)
-                if arg.maybe_finish():  # an empty input
-                    self._jobs.discard(arg)
-            elif command == "cancel":
-                job, error = arg
-                job.fail(error)
-                self._finish_job(job)
-            elif command == "forget":
-                self._forget_function(arg)
+            command = self._commands.popleft()
+            if isinstance(command, Submit):
+                job = command.job
+                known = self._function_costs.get(job.fn_id)
+                if known is not None and job.sizer.cost is None:
+                    job.sizer.cost = known  # apply_async in a loop: the cost is known already
+                job.retrying = self._retrying
+                self._jobs.add(job)
+                self._feedable.append(job)
+                self._settle(job)  # an empty input
+            elif isinstance(command, Cancel):
+                command.job.fail(command.error)
+                self._settle(command.job)
+            else:
+                self._forget_function(command.fn_id)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -323,8 +363,7 @@ class Manager:
             return
         chunk = job.next_chunk()
         if chunk is None:
-            if job.maybe_finish():
-                self._finish_job(job)
+            self._settle(job)
             return
         try:
             chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
@@ -345,7 +384,7 @@ class Manager:
             return False
         if not handle.in_flight:
             return True
-        if handle.in_flight[0].job.timeout is not None:
+        if handle.in_flight[0].job.item_timeout is not None:
             return False  # a timed item runs alone, so its clock is honest
         if self.max_tasks_per_child is not None:
             queued_items = sum(len(c.items) for c in handle.in_flight)
@@ -390,13 +429,12 @@ class Manager:
             job = self._feedable[0]
             if job.finished or (job.exhausted and not job.pending):
                 self._feedable.popleft()
-                if job.maybe_finish():
-                    self._finish_job(job)
+                self._settle(job)
                 continue
             if (
                 not job.can_feed()  # back-pressured: the caller has not taken its results
                 # a timed item runs alone, so its clock is honest
-                or (handle.in_flight and job.timeout is not None)
+                or (handle.in_flight and job.item_timeout is not None)
                 # in a map's tail, chunks go only to idle workers (W3b's heavy last items)
                 or (not short and self._in_tail(job))
                 # one probe per worker until the job's cost is known
@@ -408,8 +446,7 @@ class Manager:
             chunk = job.next_chunk()
             if chunk is not None:
                 return chunk
-            if job.maybe_finish():  # a cancelled future, or an input that just ran out
-                self._finish_job(job)
+            self._settle(job)  # a cancelled future, or an input that just ran out
         return None
 
     def _requeued(self, job: Job) -> None:
@@ -441,10 +478,8 @@ class Manager:
         self._write(handle, serialization.dumps(message))
         handle.known_functions.add(job.fn_id)
         handle.lent.update(chunk.segments)
-        if job.timeout is not None:
-            chunk.deadline = now + job.timeout
         handle.in_flight.append(chunk)
-        job.in_flight += 1
+        job.sent(chunk, now)
 
     def _unpicklable_items(self, chunk: Chunk, now: float) -> None:
         """The chunk's items do not pickle: fail the culprits, send the others one by one."""
@@ -460,15 +495,11 @@ class Manager:
                 job.item_failed(chunk.start + offset, item, error, job.policy.retries + 1, now,
                                 infrastructure=False)
                 if job.finished:
-                    self._finish_job(job)
-                    return
+                    break
                 continue
             del payload  # packed again when sent, so no shared memory waits in a queue
-            single = Chunk(job, chunk.start + offset, [item], chunk.attempt, isolated=True)
-            job.pending.appendleft(single)
-        self._requeued(job)
-        if job.maybe_finish():
-            self._finish_job(job)
+            job.pending.appendleft(Chunk(job, chunk.start + offset, [item], chunk.attempt))
+        self._settle(job)
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -494,7 +525,7 @@ class Manager:
             return True
         chunk = handle.in_flight.popleft()
         job = chunk.job
-        job.in_flight -= 1
+        job.returned(chunk)
         now = time.monotonic()
         if isinstance(message, BaseException):
             # The answer itself would not unpickle here (a result class missing in the parent).
@@ -520,7 +551,6 @@ class Manager:
             if message.load_error is not None:
                 if len(chunk.items) > 1:
                     job.isolate(chunk)
-                    self._requeued(job)
                 else:
                     err = message.load_error
                     error = attach_traceback(err.error, err.traceback, chunk.start,
@@ -529,10 +559,7 @@ class Manager:
                                     now, infrastructure=False)
             else:
                 job.complete(chunk, message.values, message.errors, handle.label, now)
-                if job.pending:
-                    self._requeued(job)
-        if job.finished or job.maybe_finish():
-            self._finish_job(job)
+        self._settle(job)
         if should_recycle(handle.items_done, self.max_tasks_per_child, handle.last_rss,
                           self.max_memory):
             handle.retiring = True
@@ -540,10 +567,16 @@ class Manager:
             self._send_stop(handle)
         return True
 
-    def _finish_job(self, job: Job) -> None:
-        self._jobs.discard(job)
-        if not job.fn_cached:  # a lambda made for this call: no later job will use its id
-            self._forget_function(job.fn_id)
+    def _settle(self, job: Job) -> None:
+        """After anything happened to ``job``: put it back in line if it has chunks to send
+        again, and let it go if it is finished (the one place a job leaves the manager)."""
+        if job.finished or job.maybe_finish():
+            if job in self._jobs:
+                self._jobs.discard(job)
+                if not job.fn_cached:  # a lambda made for this call: no later job uses its id
+                    self._forget_function(job.fn_id)
+        elif job.pending:
+            self._requeued(job)
 
     def _forget_function(self, fn_id: int) -> None:
         """Workers may drop a function no job will send again (told with their next chunk)."""
@@ -604,24 +637,23 @@ class Manager:
     def _blame(self, handle: WorkerHandle, exitcode: int | None, now: float) -> None:
         running = handle.in_flight.popleft()
         for queued in reversed(handle.in_flight):  # never started: send again as they were
-            queued.job.in_flight -= 1
+            queued.job.returned(queued)
             queued.job.requeue(queued)
-            self._requeued(queued.job)
+            self._settle(queued.job)
         handle.in_flight.clear()
         job = running.job
-        job.in_flight -= 1
+        job.returned(running)
         release(running)  # it may have died before mapping the chunk's shared memory
         if handle.timed_out is running:
             item = running.items[0]
             error: BaseException = _errors.TaskTimeoutError(
                 f"item {running.start} = {serialization.item_repr(item)} ran longer than its "
-                f"timeout of {job.timeout:g} s; {handle.label} was stopped and replaced"
+                f"timeout of {job.item_timeout:g} s; {handle.label} was stopped and replaced"
             )
             job.item_failed(running.start, item, error, running.attempt, now,
                             infrastructure=True)
         elif len(running.items) > 1:
             job.isolate(running)  # which item killed it? run them one by one to find out
-            self._requeued(job)
         else:
             item = running.items[0]
             available, total = processes.available_memory()
@@ -644,10 +676,7 @@ class Manager:
             )
             job.item_failed(running.start, item, error, running.attempt, now,
                             infrastructure=True)
-        if job.pending or job.delayed:
-            self._requeued(job)
-        if job.finished or job.maybe_finish():
-            self._finish_job(job)
+        self._settle(job)
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -663,12 +692,7 @@ class Manager:
         for job in list(self._retrying):
             if not job.delayed or job.finished:
                 self._retrying.discard(job)
-                continue
-            due = [c for t, c in job.delayed if t <= now]
-            if due:
-                job.delayed = [(t, c) for t, c in job.delayed if t > now]
-                for chunk in sorted(due, key=lambda c: c.start, reverse=True):
-                    job.pending.appendleft(chunk)
+            elif job.release_due(now):
                 self._requeued(job)
 
     def _release_idle_segments(self, now: float) -> None:
@@ -788,6 +812,6 @@ class Manager:
         self._jobs.clear()
         self._feedable.clear()
         while self._commands:
-            command, arg = self._commands.popleft()
-            if command == "submit":
-                arg.fail(error)
+            command = self._commands.popleft()
+            if isinstance(command, Submit):
+                command.job.fail(error)
