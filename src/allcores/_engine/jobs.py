@@ -401,10 +401,16 @@ class Job:
         self._deliver(index, 1, [error] if self.on_error == "collect" else [])
 
     def _deliver(self, start: int, length: int, values: list) -> None:
+        if self.finished:
+            return
         for batch in self.reorder.add(start, length, values):
             self.sink.deliver(batch)
         if self.progress is not None:
-            self.progress.update(length)
+            try:
+                self.progress.update(length)
+            except BaseException as exc:  # the caller's bar broke: fail its call, not the pool
+                self.progress = None
+                self.fail(exc)
 
     def requeue(self, chunk: Chunk) -> None:
         """Send ``chunk`` again as it was (it never started: queued behind a dead worker's)."""
@@ -433,7 +439,10 @@ class Job:
             return True
         if self.is_complete():
             self.finished = True
-            self._close_progress()
+            broken_bar = self._close_progress()
+            if broken_bar is not None:
+                self.sink.fail(broken_bar)
+                return True
             self.failures.sort(key=lambda f: f.index)
             self.sink.finish(self.failures)
             return True
@@ -450,10 +459,15 @@ class Job:
         self._close_progress()
         self.sink.fail(error)
 
-    def _close_progress(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
+    def _close_progress(self) -> BaseException | None:
+        """Close the progress bar; what its close() raised, if it raised."""
+        bar, self.progress = self.progress, None
+        if bar is not None:
+            try:
+                bar.close()
+            except BaseException as exc:
+                return exc
+        return None
 
 
 def release(chunk: Chunk) -> None:
@@ -471,6 +485,15 @@ def attach_traceback(
     if tb and error.__cause__ is None:
         error.__cause__ = _errors.RemoteTraceback(tb)
     note = f"allcores: raised by item {index} = {serialization.item_repr(item)} in {worker_label}"
-    if hasattr(error, "add_note"):  # Python 3.11+
-        error.add_note(note)
+    add_note(error, note)
     return error
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` where it can be done: a task's exception may carry a
+    ``__notes__`` that is not a list (add_note then raises TypeError), and one odd exception must
+    not stop the pool; the note is left out instead."""
+    try:
+        error.add_note(note)  # type: ignore[attr-defined,unused-ignore]  # 3.11+
+    except Exception:
+        pass

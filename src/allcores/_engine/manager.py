@@ -49,7 +49,7 @@ from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import processes, serialization, shm
-from allcores._engine.jobs import Chunk, Job, attach_traceback, release
+from allcores._engine.jobs import Chunk, Job, add_note, attach_traceback, release
 from allcores._engine.messages import ChunkDone, InitFailed, Recycled, RunChunk, Stop
 from allcores._engine.processes import WorkerHandle
 from allcores._engine.scheduler import admit, describe_exit, should_recycle
@@ -176,13 +176,13 @@ class Manager:
 
     def submit(self, job: Job) -> None:
         with self._state_lock:
+            if self._broken is not None:
+                raise self._broken
             if self._state != _RUNNING:
                 raise _errors.PoolClosedError(
                     "this pool is closed: create a new one (or use allcores.map, which keeps "
                     "its own)"
                 )
-            if self._broken is not None:
-                raise self._broken
             self._commands.append(Submit(job))
         self.wake()
 
@@ -254,6 +254,8 @@ class Manager:
         except BaseException as exc:  # an engine bug must fail the jobs, never hang them
             error = _errors.InternalError(f"the manager thread stopped on {exc!r}")
             error.__cause__ = exc
+            with self._state_lock:
+                self._broken = error  # from now on a call raises it at once
             self._fail_all(error)
         finally:
             self._shutdown_workers()
@@ -262,6 +264,12 @@ class Manager:
                 self._selector.close()
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+                # Calls submitted while the workers were being stopped: nobody will run them.
+                # (submit() appends under this lock and checks _DONE, so none comes after.)
+                left = [c for c in self._commands if isinstance(c, Submit)]
+                self._commands.clear()
+            for command in left:
+                command.job.fail(_errors.PoolClosedError("the pool stopped before this call ran"))
             _live_managers.discard(self)
 
     def _loop(self) -> None:
@@ -367,7 +375,7 @@ class Manager:
             return
         try:
             chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
-        except Exception:
+        except BaseException:  # an argument's own code runs here
             pass  # packed again when sent, where the failure is reported item by item
         job.pending.appendleft(chunk)
 
@@ -459,7 +467,7 @@ class Manager:
             try:
                 # Big buffers (numpy arrays, bytes) go through shared memory, not the pipe.
                 chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
-            except Exception:
+            except BaseException:  # an argument's __reduce__ may raise anything
                 self._unpicklable_items(chunk, now)
                 return
         fn_blob = None if job.fn_id in handle.known_functions else job.fn_blob
@@ -488,7 +496,7 @@ class Manager:
             item = chunk.items[offset]
             try:
                 payload = serialization.dumps([item])
-            except Exception as exc:
+            except BaseException as exc:
                 hint = serialization.pickling_hint("the argument", item, exc)
                 error = _errors.ArgumentPicklingError(hint)
                 error.__cause__ = exc
@@ -513,7 +521,7 @@ class Manager:
             return False
         try:
             message = shm.unpack(data)
-        except Exception as exc:
+        except BaseException as exc:  # a result's own code ran here, and may raise anything
             message = exc
         if isinstance(message, InitFailed):
             self._initializer_failed(handle, message)
@@ -523,9 +531,26 @@ class Manager:
             handle.lent.difference_update(message.gone)
             self._segments.give(message.names)
             return True
+        if not handle.in_flight:
+            return True  # not an answer to a chunk (an InitFailed that would not unpickle)
         chunk = handle.in_flight.popleft()
         job = chunk.job
         job.returned(chunk)
+        try:
+            self._answered(handle, chunk, message)
+        except BaseException as exc:
+            self._job_broke(job, exc)
+        self._settle(job)
+        if should_recycle(handle.items_done, self.max_tasks_per_child, handle.last_rss,
+                          self.max_memory):
+            handle.retiring = True
+        if handle.retiring and not handle.in_flight and not handle.stopping:
+            self._send_stop(handle)
+        return True
+
+    def _answered(self, handle: WorkerHandle, chunk: Chunk, message: Any) -> None:
+        """Take a worker's answer for ``chunk`` into its job."""
+        job = chunk.job
         now = time.monotonic()
         if isinstance(message, BaseException):
             # The answer itself would not unpickle here (a result class missing in the parent).
@@ -559,13 +584,17 @@ class Manager:
                                     now, infrastructure=False)
             else:
                 job.complete(chunk, message.values, message.errors, handle.label, now)
-        self._settle(job)
-        if should_recycle(handle.items_done, self.max_tasks_per_child, handle.last_rss,
-                          self.max_memory):
-            handle.retiring = True
-        if handle.retiring and not handle.in_flight and not handle.stopping:
-            self._send_stop(handle)
-        return True
+
+    @staticmethod
+    def _job_broke(job: Job, exc: BaseException) -> None:
+        """Handling ``job`` raised: fail that call alone, so nothing one call brings (an odd
+        exception, a result's code, a sink) can stop the manager and every other call."""
+        error = _errors.InternalError(f"handling a result of this call raised {exc!r}")
+        error.__cause__ = exc
+        try:
+            job.fail(error)
+        except BaseException:
+            job.finished = True  # its sink is broken too: at least let the manager go on
 
     def _settle(self, job: Job) -> None:
         """After anything happened to ``job``: put it back in line if it has chunks to send
@@ -590,8 +619,7 @@ class Manager:
         error = message.error
         if message.traceback and error.__cause__ is None:
             error.__cause__ = _errors.RemoteTraceback(message.traceback)
-        if hasattr(error, "add_note"):
-            error.add_note(f"allcores: the pool's initializer failed in {handle.label}")
+        add_note(error, f"allcores: the pool's initializer failed in {handle.label}")
         self._broken = error
         self._fail_all(error)
 

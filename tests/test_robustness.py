@@ -1,0 +1,146 @@
+"""Nothing may stop a pool: odd items fail alone, and a pool that cannot go on says so at once.
+
+Each case here stopped (or froze) the whole pool before the engine's second pass (issue 10).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import psutil
+import pytest
+
+import allcores
+from _robust_tasks import (
+    OddNotes,
+    exit_on_load_at,
+    fork_helper_then,
+    identity,
+    raise_odd_notes,
+    stall_mid_message,
+)
+from _tasks import failing_initializer, hang_on
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def pool():
+    with allcores.Pool(2) as p:
+        yield p
+
+
+# -- 1. an odd item fails alone --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_error", ["collect", "raise"])
+def test_an_exception_whose_notes_are_not_a_list_fails_only_its_item(pool, on_error):
+    if on_error == "collect":
+        out = pool.map(raise_odd_notes, [1, 2, 3], on_error="collect")
+        assert out[0] == 1 and out[2] == 3
+        assert isinstance(out[1], OddNotes) and str(out[1]) == "odd 2"
+    else:
+        with pytest.raises(OddNotes, match="odd 2"):
+            pool.map(raise_odd_notes, [1, 2, 3])
+    assert pool.map(identity, range(5)) == list(range(5))  # the pool goes on
+
+
+def test_a_result_that_raises_systemexit_when_unpickled_fails_only_its_item(pool):
+    out = pool.map(exit_on_load_at, [1, 2, 3], chunksize=1, on_error="collect")
+    assert out[0] == 1 and out[2] == 3
+    assert isinstance(out[1], allcores.errors.ResultPicklingError)
+    assert "SystemExit" in str(out[1])
+    assert pool.map(identity, range(5)) == list(range(5))
+
+
+class _BrokenBar:
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+
+    def update(self, n: int) -> None:
+        if self.broken == "update":
+            raise KeyError("the bar broke")
+
+    def close(self) -> None:
+        if self.broken == "close":
+            raise KeyError("the bar broke")
+
+
+@pytest.mark.parametrize("broken", ["update", "close"])
+def test_a_progress_bar_that_raises_fails_only_its_call(pool, broken):
+    with pytest.raises(KeyError, match="the bar broke"):
+        pool.map(identity, range(20), progress=_BrokenBar(broken))
+    with pytest.raises(KeyError, match="the bar broke"):
+        list(pool.imap(identity, range(20), progress=_BrokenBar(broken)))
+    assert pool.map(identity, range(5)) == list(range(5))
+
+
+def test_a_call_on_a_closing_pool_raises_at_once():
+    pool = allcores.Pool(1)
+    try:
+        running = pool.map_async(identity, range(3))
+        pool.close()
+        with pytest.raises(allcores.PoolClosedError):
+            pool.map(identity, [1])
+        assert running.get(timeout=30) == [0, 1, 2]
+    finally:
+        pool.terminate()
+
+
+def test_a_call_on_a_broken_pool_raises_at_once():
+    with allcores.Pool(1, initializer=failing_initializer) as pool:
+        with pytest.raises(Exception, match="initializer"):
+            pool.map(identity, [1, 2])
+        with pytest.raises(Exception, match="initializer"):
+            pool.map(identity, [1, 2])  # raises again, at once: never waits for a worker
+
+
+# -- 2. a task that forks a helper -----------------------------------------------------------
+
+
+def _reap(path) -> psutil.Process | None:
+    try:
+        return psutil.Process(int(path.read_text()))
+    except (OSError, ValueError, psutil.NoSuchProcess):
+        return None
+
+
+@pytest.mark.timeout(30)  # the helper lives 60 s: old code noticed the death only then
+def test_a_worker_that_dies_leaving_a_forked_helper_is_noticed_at_once(tmp_path):
+    """The helper holds the worker's pipes and sentinel for 60 s; the death must be noticed
+    from the worker's own exit, not the helper's (the test's timeout is shorter than 60 s)."""
+    path = tmp_path / "helper.pid"
+    helper = None
+    try:
+        with allcores.Pool(1) as pool:
+            with pytest.raises(allcores.WorkerCrashedError, match="exit code 7|status 7"):
+                pool.apply(fork_helper_then, (str(path),))
+            helper = _reap(path)
+            assert pool.map(identity, range(3)) == [0, 1, 2]
+    finally:
+        helper = helper or _reap(path)
+        if helper is not None and helper.is_running():
+            helper.kill()
+            helper.wait(10)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("session", [False, True], ids=["child", "own-session"])
+def test_a_timed_out_task_takes_its_forked_helpers_with_it(tmp_path, session):
+    path = tmp_path / "helper.pid"
+    helper = None
+    try:
+        with allcores.Pool(1, timeout=1) as pool:
+            with pytest.raises(allcores.TaskTimeoutError):
+                pool.apply(fork_helper_then, (str(path), "hang", session))
+            helper = _reap(path)
+            assert helper is not None
+            helper.wait(10)  # killed with the worker: it does not live on for 60 s
+            helper = None
+            assert pool.map(identity, range(3)) == [0, 1, 2]
+    finally:
+        helper = helper or _reap(path)
+        if helper is not None and helper.is_running():
+            helper.kill()
+            helper.wait(10)
