@@ -5,9 +5,6 @@ Each case here stopped (or froze) the whole pool before the engine's second pass
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
-
 import psutil
 import pytest
 
@@ -144,3 +141,20 @@ def test_a_timed_out_task_takes_its_forked_helpers_with_it(tmp_path, session):
         if helper is not None and helper.is_running():
             helper.kill()
             helper.wait(10)
+
+
+# -- 4. the manager never blocks on one worker -------------------------------------------------
+
+
+def test_a_worker_stalled_mid_message_freezes_neither_the_manager_nor_other_timeouts():
+    gate = allcores.Event()
+    with allcores.Pool(2) as pool:
+        stalled = pool.map_async(stall_mid_message, [gate], timeout=8)
+        assert gate.wait(30)  # its worker has written half a message and stopped
+        # The other worker's timeout still fires, and other work still runs.
+        with pytest.raises(allcores.TaskTimeoutError):
+            pool.map(hang_on, [3], timeout=1)
+        assert pool.map(identity, range(4)) == [0, 1, 2, 3]
+        with pytest.raises(allcores.TaskTimeoutError):
+            stalled.get(timeout=40)  # its own timeout ends it; the half message is dropped
+        assert pool.map(identity, range(4)) == [0, 1, 2, 3]

@@ -511,28 +511,34 @@ class Manager:
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _read_result(self, handle: WorkerHandle) -> bool:
-        """Handle one message from ``handle``; False at end of file (the worker is gone)."""
-        try:
-            data = handle.result_conn.recv_bytes()
-        except (EOFError, OSError):
+    def _read_result(self, handle: WorkerHandle) -> None:
+        """Handle the messages that have arrived from ``handle``, never blocking: a worker
+        stalled in the middle of a message leaves its first part in the inbox, and the manager
+        goes on with the other workers and every deadline."""
+        messages, open_ = processes.read_messages(handle)
+        if not open_:
             # The worker is dying; its sentinel will report it. Stop watching this pipe.
             self._unregister(handle.result_conn)
-            return False
+        for data in messages:
+            if self._handles.get(handle.slot) is not handle:
+                return  # it was let go while handling an earlier message (the pool broke)
+            self._on_message(handle, data)
+
+    def _on_message(self, handle: WorkerHandle, data: bytes) -> None:
         try:
             message = shm.unpack(data)
         except BaseException as exc:  # a result's own code ran here, and may raise anything
             message = exc
         if isinstance(message, InitFailed):
             self._initializer_failed(handle, message)
-            return True
+            return
         if isinstance(message, Recycled):
             handle.lent.difference_update(message.names)
             handle.lent.difference_update(message.gone)
             self._segments.give(message.names)
-            return True
+            return
         if not handle.in_flight:
-            return True  # not an answer to a chunk (an InitFailed that would not unpickle)
+            return  # not an answer to a chunk (an InitFailed that would not unpickle)
         chunk = handle.in_flight.popleft()
         job = chunk.job
         job.returned(chunk)
@@ -546,7 +552,6 @@ class Manager:
             handle.retiring = True
         if handle.retiring and not handle.in_flight and not handle.stopping:
             self._send_stop(handle)
-        return True
 
     def _answered(self, handle: WorkerHandle, chunk: Chunk, message: Any) -> None:
         """Take a worker's answer for ``chunk`` into its job."""
@@ -626,15 +631,12 @@ class Manager:
     # -- deaths ----------------------------------------------------------------------------
 
     def _worker_exited(self, handle: WorkerHandle) -> None:
-        # Results it wrote before dying are still in the pipe: take them first.
-        try:
-            while handle.result_conn.poll(0) and self._read_result(handle):
-                if self._handles.get(handle.slot) is not handle:
-                    return
-        except (EOFError, OSError):
-            pass
-        handle.process.join(timeout=1.0)
-        exitcode = handle.process.exitcode
+        # Results it wrote before dying are still in the pipe: take them first. (A message it
+        # was cut off in the middle of stays incomplete, and goes with the handle.)
+        self._read_result(handle)
+        if self._handles.get(handle.slot) is not handle:
+            return
+        exitcode = processes.exit_code(handle)
         if handle.pid is not None:
             shm.sweep(handle.pid)  # results it packed but never sent
         shm.discard(handle.lent)  # argument segments it held and cannot give back now
@@ -714,7 +716,14 @@ class Manager:
                 chunk = handle.in_flight[0]
                 if chunk.deadline is not None and chunk.deadline <= now:
                     handle.timed_out = chunk
-                    processes.kill(handle)  # its sentinel fires next; _blame reports it
+                    # With it go the processes its task started (a forked helper would hold
+                    # the worker's pipes, and live on). Its pidfd fires next; _blame reports.
+                    processes.kill_with_descendants(handle)
+                    if handle.pidfd is None:
+                        # No pidfd: a helper may hold the sentinel open, so do not wait for
+                        # it; a SIGKILLed process is reaped by waitpid within milliseconds.
+                        handle.process.join()
+                        self._worker_exited(handle)
 
     def _release_retries(self, now: float) -> None:
         for job in list(self._retrying):

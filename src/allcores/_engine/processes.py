@@ -1,4 +1,20 @@
-"""Starting and stopping worker processes: the OS plumbing, kept out of the manager's logic."""
+"""Starting and stopping worker processes: the OS plumbing, kept out of the manager's logic.
+
+A worker's death is watched through a pidfd (Linux 5.3+, ``os.pidfd_open``), which becomes
+readable the moment the process itself exits. ``multiprocessing``'s sentinel is a pipe that the
+child holds open, so a task that forks a helper (a library starting a daemon) hands the helper
+that pipe too, and the sentinel would fire only when the helper exits, seconds or hours late.
+Where pidfds are missing (older kernels, macOS) the sentinel is used, and a worker the manager
+kills is reaped with ``waitpid`` right after the kill, so a timeout is reported at once anyway.
+
+A timed-out task may leave processes of its own (a helper it forked, a nested pool's workers,
+a helper that called ``setsid``). Before killing a worker for a timeout the manager lists its
+descendants (``/proc/<pid>/task/*/children``, or every process's parent in ``/proc`` where that
+file is missing) and kills them with it, each with its process group where it leads one. The
+workers stay in the caller's process group (so a terminal's job control treats them as the
+standard pools' workers); only what a task started is killed. A worker that dies by itself has
+already handed its children to init by the time anyone can look: those are left alone.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +65,8 @@ class WorkerHandle:
     stopping: bool = False  # Stop was sent
     outbox: bytearray = field(default_factory=bytearray)  # framed messages not yet written
     write_waiting: bool = False  # the pipe was full: waiting for it to become writable
+    inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
+    pidfd: int | None = None  # readable once the process has exited (Linux 5.3+)
 
     @property
     def pid(self) -> int | None:
@@ -56,14 +74,16 @@ class WorkerHandle:
 
     @property
     def sentinel(self) -> int:
-        return self.process.sentinel
+        """What becomes readable when the worker exits: its pidfd, else multiprocessing's."""
+        return self.pidfd if self.pidfd is not None else self.process.sentinel
 
     @property
     def label(self) -> str:
         return f"worker {self.slot} (pid {self.pid})"
 
     def parent_fds(self) -> list[int]:
-        return [self.task_conn.fileno(), self.result_conn.fileno()]
+        fds = [self.task_conn.fileno(), self.result_conn.fileno()]
+        return fds if self.pidfd is None else [*fds, self.pidfd]
 
 
 def start_worker(
@@ -103,9 +123,66 @@ def start_worker(
     finally:
         task_r.close()
         result_w.close()
-    # The manager never blocks on a worker: what does not fit in the pipe waits in an outbox.
+    # The manager never blocks on a worker: what does not fit in the pipe waits in an outbox,
+    # and what arrives is read as far as it goes (a worker stalled mid-message stops nothing).
     os.set_blocking(task_w.fileno(), False)
-    return WorkerHandle(slot, process, task_w, result_r)
+    os.set_blocking(result_r.fileno(), False)
+    return WorkerHandle(slot, process, task_w, result_r, pidfd=_pidfd(process.pid))
+
+
+def _pidfd(pid: int | None) -> int | None:
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3, or a seccomp policy that forbids it
+        return None
+
+
+def read_messages(handle: WorkerHandle) -> tuple[list[bytes], bool]:
+    """The whole messages that have arrived from ``handle``, without ever blocking, and whether
+    its pipe is still open. A message cut short stays in ``handle.inbox`` for the next read."""
+    fd = handle.result_conn.fileno()
+    open_ = True
+    while True:
+        try:
+            data = os.read(fd, PIPE_BYTES)
+        except BlockingIOError:
+            break
+        except InterruptedError:
+            continue
+        except OSError:
+            open_ = False
+            break
+        if not data:
+            open_ = False
+            break
+        handle.inbox += data
+        if len(data) < PIPE_BYTES:
+            break  # the pipe is drained; a full read may have left more behind
+    messages = []
+    while (message := take_frame(handle.inbox)) is not None:
+        messages.append(message)
+    return messages, open_
+
+
+def take_frame(buffer: bytearray) -> bytes | None:
+    """Cut the first whole message (as framed by ``Connection.send_bytes``) off ``buffer``."""
+    if len(buffer) < 4:
+        return None
+    (size,) = struct.unpack_from("!i", buffer)
+    head = 4
+    if size == -1:
+        if len(buffer) < 12:
+            return None
+        (size,) = struct.unpack_from("!Q", buffer, 4)
+        head = 12
+    end = head + size
+    if len(buffer) < end:
+        return None
+    message = bytes(buffer[head:end])
+    del buffer[:end]
+    return message
 
 
 def frame(payload: bytes) -> bytes:
@@ -124,12 +201,100 @@ def kill(handle: WorkerHandle, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def kill_with_descendants(handle: WorkerHandle) -> None:
+    """SIGKILL a worker and every process its task started (see the module docstring)."""
+    pid = handle.process.pid
+    left = descendants(pid) if pid is not None else []
+    kill(handle)
+    for child in left:
+        try:
+            if os.getpgid(child) == child:  # it leads a group (setsid/setpgid): take the group
+                os.killpg(child, signal.SIGKILL)
+            else:
+                os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids below ``pid`` (children, their children...), read from /proc."""
+    found: list[int] = []
+    parents = [pid]
+    by_parent: dict[int, list[int]] | None = None
+    while parents:
+        parent = parents.pop()
+        children = _children(parent)
+        if children is None:  # no /proc/<pid>/task/*/children: one scan of every process
+            if by_parent is None:
+                by_parent = _children_by_parent()
+            children = by_parent.get(parent, [])
+        found.extend(children)
+        parents.extend(children)
+    return found
+
+
+def _children(pid: int) -> list[int] | None:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None if not os.path.isdir("/proc/self") else []
+    children: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            return None  # the kernel was built without CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    by_parent: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return by_parent
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the command name
+        except (OSError, ValueError, IndexError):
+            continue
+        by_parent.setdefault(ppid, []).append(int(name))
+    return by_parent
+
+
+def exit_code(handle: WorkerHandle) -> int | None:
+    """The exit status of a worker whose death was just signalled (None if it is not known).
+
+    ``Process.exitcode`` reaps it with ``waitpid(WNOHANG)``, which does not depend on the
+    sentinel pipe that a forked helper may still hold; only where that gives nothing yet (the
+    forkserver reports the status over a socket) is it waited for, briefly.
+    """
+    exitcode = handle.process.exitcode
+    if exitcode is None:
+        handle.process.join(timeout=1.0)
+        exitcode = handle.process.exitcode
+    return exitcode
+
+
 def close_handle(handle: WorkerHandle) -> None:
     for conn in (handle.task_conn, handle.result_conn):
         try:
             conn.close()
         except OSError:
             pass
+    if handle.pidfd is not None:
+        try:
+            os.close(handle.pidfd)
+        except OSError:
+            pass
+        handle.pidfd = None
     try:
         handle.process.join(timeout=1.0)
         if handle.process.exitcode is None:
