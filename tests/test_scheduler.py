@@ -6,7 +6,7 @@ import random
 import signal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from allcores._engine.scheduler import (
@@ -67,6 +67,9 @@ def test_bad_chunksize_is_refused():
         ChunkSizer(workers=2, fixed=0)
 
 
+# No deadline: an expensive cost makes 100,000 one-item steps, which a machine shared with other
+# work can take past hypothesis's 200 ms default (it failed that way, never on an assertion).
+@settings(deadline=None)
 @given(
     total=st.integers(1, 100_000),
     workers=st.integers(1, 64),
@@ -177,3 +180,91 @@ def test_admit_holds_back_only_while_something_runs():
     assert not admit(3, 100, 1000)
     assert admit(0, 100, 1000)  # nothing runs: one chunk may go, or the pool would deadlock
     assert admit(3, 5000, 1000)
+
+
+# -- dispatch policy (scheduler.has_room, in_tail, prefetch_budget, batching, blame) ----------
+
+from allcores._engine.scheduler import (  # noqa: E402
+    BATCH_MAX_PARTS,
+    BATCH_TARGET_SECONDS,
+    PREFETCH_HORIZON_SECONDS,
+    PREFETCH_MAX_CHUNKS,
+    Verdict,
+    batch_limit,
+    batchable,
+    blame,
+    has_room,
+    in_tail,
+    prefetch_budget,
+)
+
+
+def test_an_idle_worker_always_has_room():
+    assert has_room(chunks=0, queued_seconds=None)
+    assert has_room(chunks=0, queued_seconds=0.0, running_timed=False)
+
+
+def test_a_worker_that_stops_or_used_its_lifespan_has_no_room():
+    assert not has_room(chunks=0, queued_seconds=0.0, accepting=False)
+    assert not has_room(chunks=0, queued_seconds=0.0, lifespan_left=0)
+    assert has_room(chunks=0, queued_seconds=0.0, lifespan_left=1)
+
+
+def test_nothing_queues_behind_a_probe_or_a_timed_item():
+    assert not has_room(chunks=1, queued_seconds=None)
+    assert not has_room(chunks=1, queued_seconds=0.0, running_timed=True)
+
+
+@given(st.floats(min_value=0.0, max_value=10.0), st.integers(1, 40))
+def test_queueing_only_within_the_horizon(queued, chunks):
+    room = has_room(chunks=chunks, queued_seconds=queued)
+    assert room == (queued < PREFETCH_HORIZON_SECONDS and chunks < PREFETCH_MAX_CHUNKS)
+
+
+@given(st.floats(min_value=0.0, max_value=1.0))
+def test_prefetch_budget_fills_the_horizon_and_never_goes_negative(queued):
+    budget = prefetch_budget(queued)
+    assert 0.0 <= budget <= PREFETCH_HORIZON_SECONDS
+    assert queued >= PREFETCH_HORIZON_SECONDS or queued + budget == pytest.approx(
+        PREFETCH_HORIZON_SECONDS)
+
+
+def test_a_budget_caps_a_queued_chunk_but_never_below_the_minimum():
+    sizer = ChunkSizer(workers=2)
+    sizer.observe(items=1000, seconds=0.001)  # 1 us an item
+    full = sizer.next_size(remaining=None)
+    capped = sizer.next_size(remaining=None, budget=0.001)
+    assert capped < full
+    assert capped == 2000  # MIN_CHUNK_SECONDS (2 ms) of work, not the 1 ms budget
+    assert sizer.next_size(remaining=None, budget=0.0) == 2000
+
+
+def test_tail_is_a_few_chunks_per_worker_of_a_known_length():
+    assert in_tail(remaining=3, chunk_size=1, workers=2)
+    assert not in_tail(remaining=100, chunk_size=1, workers=2)
+    assert not in_tail(remaining=None, chunk_size=1, workers=2)
+
+
+def test_only_tiny_known_untimed_single_items_are_batched():
+    assert batchable(items=1, cost=1e-5, timed=False, isolated=False)
+    assert not batchable(items=1, cost=None, timed=False, isolated=False)  # a probe
+    assert not batchable(items=1, cost=1e-5, timed=True, isolated=False)
+    assert not batchable(items=1, cost=1e-5, timed=False, isolated=True)  # finding a culprit
+    assert not batchable(items=2, cost=1e-5, timed=False, isolated=False)
+    assert not batchable(items=1, cost=BATCH_TARGET_SECONDS, timed=False, isolated=False)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 64), st.none() | st.integers(-5, 1000))
+def test_batch_limit_shares_the_waiting_jobs(waiting, workers, lifespan_left):
+    limit = batch_limit(waiting=waiting, workers=workers, lifespan_left=lifespan_left)
+    assert 1 <= limit <= BATCH_MAX_PARTS
+    assert limit <= max(1, -(-waiting // workers))
+    if lifespan_left is not None:
+        assert limit <= max(1, lifespan_left)
+
+
+def test_blame_verdicts():
+    assert blame(items=1) == Verdict.CRASHED
+    assert blame(items=5) == Verdict.ISOLATE
+    assert blame(items=1, parts=3) == Verdict.ISOLATE
+    assert blame(items=1, timed_out=True) == Verdict.TIMEOUT

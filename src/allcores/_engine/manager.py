@@ -50,23 +50,35 @@ from typing import Any
 from allcores import errors as _errors
 from allcores._engine import processes, serialization, shm
 from allcores._engine.jobs import Chunk, Job, add_note, attach_traceback, release
-from allcores._engine.messages import ChunkDone, InitFailed, Recycled, RunChunk, Stop
+from allcores._engine.messages import (
+    BatchDone,
+    ChunkDone,
+    InitFailed,
+    Recycled,
+    RunBatch,
+    RunChunk,
+    Stop,
+    TaskError,
+)
 from allcores._engine.processes import WorkerHandle
-from allcores._engine.scheduler import admit, describe_exit, should_recycle
+from allcores._engine.scheduler import (
+    Verdict,
+    admit,
+    batch_limit,
+    batchable,
+    blame,
+    describe_exit,
+    has_room,
+    in_tail,
+    prefetch_budget,
+    should_recycle,
+)
 
-# Chunks in one worker's pipe at most: with one spare queued behind the running one, a worker
-# that finishes starts the next chunk at once instead of waiting a round trip (~0.5 ms) for it.
-PREFETCH = 2
-# ...except in the tail of a map: once fewer than PREFETCH_TAIL_CHUNKS chunks per worker are
-# left, a chunk queued behind a long one would wait there while another worker runs dry (the
-# tail problem of W3b), so the last chunks go only to idle workers. Work that is expected to end
-# within PREFETCH_HORIZON_SECONDS is always worth queueing behind: its wait is short.
-PREFETCH_TAIL_CHUNKS = 2
-PREFETCH_HORIZON_SECONDS = 0.005
-# Tiny chunks (apply_async in a loop, one item each) may queue deeper, up to this many a worker,
-# while the work queued is still expected to end within the horizon: one round trip per item
-# would otherwise cost more than the items themselves.
-PREFETCH_SHORT_MAX = 16
+# Dispatch looks at most this many waiting jobs for one worker in one round. Jobs passed over
+# (back-pressured, or not allowed behind a busy worker's work) rotate to the back, so the next
+# round looks at others: with a million pending apply_async calls a round stays O(1).
+DISPATCH_SCAN_JOBS = 64
+
 # Workers dying in a row with no chunk completed in between before the pool gives up: a worker
 # that cannot even start (its memory limit, a broken interpreter) must not respawn forever.
 MAX_CRASHES_IN_A_ROW = 20
@@ -157,6 +169,7 @@ class Manager:
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._handles: dict[int, WorkerHandle] = {}
         self._feedable: collections.deque[Job] = collections.deque()
+        self._queued: set[Job] = set()  # the jobs in _feedable (a deque's `in` is O(n))
         self._jobs: set[Job] = set()
         self._retrying: set[Job] = set()  # jobs with retries waiting out a backoff
         self._unpushed: set[WorkerHandle] = set()  # outboxes filled this round
@@ -326,6 +339,7 @@ class Manager:
                 job.retrying = self._retrying
                 self._jobs.add(job)
                 self._feedable.append(job)
+                self._queued.add(job)
                 self._settle(job)  # an empty input
             elif isinstance(command, Cancel):
                 command.job.fail(command.error)
@@ -339,24 +353,29 @@ class Manager:
         self._held_back = False
         if not self._feedable:
             return
-        in_flight = sum(len(h.in_flight) for h in self._handles.values())
+        in_flight = sum(len(h.messages) for h in self._handles.values())
         available = self._available_memory(now) if self.memory_reserve is not None else None
-        # One chunk per worker per round, idlest first: every idle worker gets work before any
-        # worker gets a second chunk queued (two items that wait for each other, as at a
+        # One message per worker per round, idlest first: every idle worker gets work before any
+        # worker gets a second message queued (two items that wait for each other, as at a
         # barrier, must not end up in one worker's pipe while the other worker idles).
         sent = True
         while sent and self._feedable:
             sent = False
-            for handle in sorted(self._handles.values(), key=lambda h: len(h.in_flight)):
-                if not self._has_room(handle):
+            for handle in sorted(self._handles.values(), key=lambda h: len(h.messages)):
+                queued = self._queued_seconds(handle)
+                if not self._has_room(handle, queued):
                     continue
                 if not admit(in_flight, available, self.memory_reserve):
                     self._held_back = True  # rechecked on a short timer, see _next_timer
                     return
-                chunk = self._next_chunk_for(handle)
+                chunk = self._next_chunk_for(handle, queued)
                 if chunk is None:
                     continue
-                self._send(handle, chunk, now)
+                batch = self._gather(handle, chunk, queued)
+                if len(batch) == 1:
+                    self._send(handle, chunk, now)
+                else:
+                    self._send_batch(handle, batch, now)
                 in_flight += 1
                 sent = True
         self._prepare_ahead()
@@ -367,7 +386,13 @@ class Manager:
         if not self._feedable:
             return
         job = self._feedable[0]
-        if job.finished or job.pending or not job.sizer.learned or not job.can_feed():
+        if (
+            job.finished
+            or job.pending
+            or job.total == 1  # apply_async, submit: sent in batches, packed then
+            or not job.sizer.learned
+            or not job.can_feed()
+        ):
             return
         chunk = job.next_chunk()
         if chunk is None:
@@ -387,79 +412,144 @@ class Manager:
             self._memory_read_at = now
         return self._memory_available
 
-    def _has_room(self, handle: WorkerHandle) -> bool:
-        if handle.retiring or handle.stopping or handle.timed_out is not None:
-            return False
-        if not handle.in_flight:
-            return True
-        if handle.in_flight[0].job.item_timeout is not None:
-            return False  # a timed item runs alone, so its clock is honest
+    def _has_room(self, handle: WorkerHandle, queued: float | None) -> bool:
+        lifespan_left = None
         if self.max_tasks_per_child is not None:
             queued_items = sum(len(c.items) for c in handle.in_flight)
-            if handle.items_done + queued_items >= self.max_tasks_per_child:
-                return False  # its lifespan is spoken for: the rest goes to its replacement
-        if len(handle.in_flight) < PREFETCH:
-            return True
-        if len(handle.in_flight) >= PREFETCH_SHORT_MAX:
-            return False
-        queued = self._queued_work(handle)
-        return queued is not None and queued < PREFETCH_HORIZON_SECONDS
+            lifespan_left = self.max_tasks_per_child - handle.items_done - queued_items
+        running = handle.in_flight[0] if handle.in_flight else None
+        return has_room(
+            chunks=len(handle.messages),
+            queued_seconds=queued,
+            running_timed=running is not None and running.job.item_timeout is not None,
+            lifespan_left=lifespan_left,
+            accepting=not (handle.retiring or handle.stopping or handle.timed_out is not None),
+        )
 
     @staticmethod
-    def _queued_work(handle: WorkerHandle) -> float | None:
-        """Seconds of work expected in ``handle``'s pipe; None while a chunk's cost is unknown."""
+    def _queued_seconds(handle: WorkerHandle) -> float | None:
+        """Seconds of work expected in ``handle``'s pipe; None while a message's cost is unknown
+        (each message's expectation is the one it was sent with)."""
         expected = 0.0
-        for chunk in handle.in_flight:
-            cost = chunk.job.sizer.cost
-            if cost is None:
+        for _, seconds in handle.messages:
+            if seconds is None:
                 return None
-            expected += cost * len(chunk.items)
+            expected += seconds
         return expected
 
+    def _learn(self, job: Job) -> None:
+        """A job queued before its function's cost was known takes it now (apply_async in a
+        loop: the first answer teaches every call queued behind it)."""
+        if job.sizer.cost is None:
+            known = self._function_costs.get(job.fn_id)
+            if known is not None:
+                job.sizer.cost = known
+
     def _in_tail(self, job: Job) -> bool:
-        """Fewer than PREFETCH_TAIL_CHUNKS chunks per worker are left of ``job``."""
         if job.total is None:
             return False
         remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
-        chunk_size = job.sizer.next_size(remaining) or 1
-        return remaining < PREFETCH_TAIL_CHUNKS * self.workers * chunk_size
+        return in_tail(remaining, job.sizer.next_size(remaining) or 1, self.workers)
 
-    def _next_chunk_for(self, handle: WorkerHandle) -> Chunk | None:
+    def _pop_feedable(self) -> None:
+        self._queued.discard(self._feedable.popleft())
+
+    def _next_chunk_for(self, handle: WorkerHandle, queued: float | None) -> Chunk | None:
         # Whether anything may wait in this worker's pipe behind its current work is mostly a
-        # property of the worker: decide it once, not once per waiting job (thousands of
-        # apply_async calls would make every dispatch a scan of them all).
-        queued = self._queued_work(handle) if handle.in_flight else 0.0
-        if queued is None:
+        # property of the worker: decide it once, not once per waiting job.
+        busy = bool(handle.messages)
+        if busy and queued is None:
             return None  # a probe (cost unknown) runs alone: one per worker
-        short = not handle.in_flight or queued < PREFETCH_HORIZON_SECONDS
-        skipped = 0  # jobs passed over for now; once every job was, nothing fits this worker
-        while self._feedable and skipped < len(self._feedable):
+        budget = prefetch_budget(queued) if busy and queued is not None else None
+        skipped = 0  # jobs passed over for now
+        while self._feedable and skipped < min(len(self._feedable), DISPATCH_SCAN_JOBS):
             job = self._feedable[0]
             if job.finished or (job.exhausted and not job.pending):
-                self._feedable.popleft()
+                self._pop_feedable()
                 self._settle(job)
                 continue
+            self._learn(job)
             if (
                 not job.can_feed()  # back-pressured: the caller has not taken its results
                 # a timed item runs alone, so its clock is honest
-                or (handle.in_flight and job.item_timeout is not None)
+                or (busy and job.item_timeout is not None)
                 # in a map's tail, chunks go only to idle workers (W3b's heavy last items)
-                or (not short and self._in_tail(job))
+                or (busy and self._in_tail(job))
                 # one probe per worker until the job's cost is known
-                or (not job.sizer.learned and any(c.job is job for c in handle.in_flight))
+                or (busy and not job.sizer.learned)
             ):
                 self._feedable.rotate(-1)
                 skipped += 1
                 continue
-            chunk = job.next_chunk()
+            chunk = job.next_chunk(budget)
             if chunk is not None:
                 return chunk
             self._settle(job)  # a cancelled future, or an input that just ran out
         return None
 
+    def _chunk_seconds(self, chunk: Chunk) -> float | None:
+        cost = chunk.job.sizer.cost
+        return None if cost is None else cost * len(chunk.items)
+
+    def _batchable(self, chunk: Chunk) -> bool:
+        job = chunk.job
+        return (
+            job.total == 1
+            and chunk.payload is None
+            and batchable(items=len(chunk.items), cost=job.sizer.cost,
+                          timed=job.item_timeout is not None, isolated=chunk.isolated)
+        )
+
+    def _gather(self, handle: WorkerHandle, first: Chunk, queued: float | None) -> list[Chunk]:
+        """``first`` plus the single-item jobs queued right after it, when they are tiny enough
+        that sharing one message pays (see ``scheduler.batchable``); each keeps its own job."""
+        if not self._batchable(first):
+            return [first]
+        lifespan_left = None
+        if self.max_tasks_per_child is not None:
+            queued_items = sum(len(c.items) for c in handle.in_flight)
+            lifespan_left = self.max_tasks_per_child - handle.items_done - queued_items
+        limit = batch_limit(waiting=len(self._feedable) + 1, workers=self.workers,
+                            lifespan_left=lifespan_left)
+        seconds_left = (
+            prefetch_budget(queued) if handle.messages and queued is not None else float("inf")
+        )
+        batch = [first]
+        seconds = self._chunk_seconds(first) or 0.0
+        self._drop_sent(first.job)
+        while len(batch) < limit and self._feedable:
+            job = self._feedable[0]
+            if job.finished or (job.exhausted and not job.pending):
+                self._pop_feedable()
+                self._settle(job)
+                continue
+            if job.total != 1 or not job.can_feed():
+                break  # consecutive jobs only: order among the waiting jobs is kept
+            self._learn(job)
+            chunk = job.next_chunk()
+            if chunk is None:  # a cancelled future
+                self._pop_feedable()
+                self._settle(job)
+                continue
+            cost = self._chunk_seconds(chunk)
+            if not self._batchable(chunk) or cost is None or seconds + cost > seconds_left:
+                job.pending.appendleft(chunk)
+                break
+            batch.append(chunk)
+            seconds += cost
+            self._drop_sent(job)
+        return batch
+
+    def _drop_sent(self, job: Job) -> None:
+        """Take ``job`` off the head of the queue once its last chunk is cut (it is not finished:
+        the chunk is about to be sent, so it must not be settled as empty)."""
+        if self._feedable and self._feedable[0] is job and job.exhausted and not job.pending:
+            self._pop_feedable()
+
     def _requeued(self, job: Job) -> None:
-        if job not in self._feedable:
+        if job not in self._queued:
             self._feedable.appendleft(job)
+            self._queued.add(job)
 
     def _send(self, handle: WorkerHandle, chunk: Chunk, now: float) -> None:
         job = chunk.job
@@ -487,7 +577,39 @@ class Manager:
         handle.known_functions.add(job.fn_id)
         handle.lent.update(chunk.segments)
         handle.in_flight.append(chunk)
+        handle.messages.append((1, self._chunk_seconds(chunk)))
         job.sent(chunk, now)
+    def _send_batch(self, handle: WorkerHandle, batch: list[Chunk], now: float) -> None:
+        """Send single-item chunks of several jobs as one :class:`RunBatch`."""
+        try:
+            payload, segments = shm.pack([c.items[0] for c in batch], reuse=self._segments)
+        except Exception:
+            # Some argument does not pickle: each chunk goes its own way, where the culprit
+            # fails alone and the others are sent again one by one.
+            for chunk in reversed(batch):
+                self._unpicklable_items(chunk, now)
+            return
+        batch[0].segments = segments  # released with the first chunk should the worker die
+        parts = []
+        functions = []
+        for chunk in batch:
+            job = chunk.job
+            parts.append((job.fn_id, job.mode))
+            if job.fn_id not in handle.known_functions:
+                handle.known_functions.add(job.fn_id)
+                functions.append((job.fn_id, job.fn_blob))
+            job.sent(chunk, now)
+        forget = tuple(handle.forget)
+        handle.forget.clear()
+        message = RunBatch(next(self._chunk_ids), tuple(parts), tuple(functions), payload, forget)
+        self._write(handle, serialization.dumps(message))
+        handle.lent.update(segments)
+        handle.in_flight.extend(batch)
+        seconds = 0.0
+        for chunk in batch:
+            seconds += self._chunk_seconds(chunk) or 0.0
+        handle.messages.append((len(batch), seconds))
+
 
     def _unpicklable_items(self, chunk: Chunk, now: float) -> None:
         """The chunk's items do not pickle: fail the culprits, send the others one by one."""
@@ -506,7 +628,8 @@ class Manager:
                     break
                 continue
             del payload  # packed again when sent, so no shared memory waits in a queue
-            job.pending.appendleft(Chunk(job, chunk.start + offset, [item], chunk.attempt))
+            job.pending.appendleft(
+                Chunk(job, chunk.start + offset, [item], chunk.attempt, isolated=True))
         self._settle(job)
 
     # -- answers ---------------------------------------------------------------------------
@@ -537,26 +660,58 @@ class Manager:
             handle.lent.difference_update(message.gone)
             self._segments.give(message.names)
             return
-        if not handle.in_flight:
+        if not handle.messages:
             return  # not an answer to a chunk (an InitFailed that would not unpickle)
-        chunk = handle.in_flight.popleft()
-        job = chunk.job
-        job.returned(chunk)
-        try:
-            self._answered(handle, chunk, message)
-        except BaseException as exc:
-            self._job_broke(job, exc)
-        self._settle(job)
+        count, _ = handle.messages.popleft()
+        chunks = [handle.in_flight.popleft() for _ in range(count)]
+        for chunk in chunks:
+            chunk.job.returned(chunk)
+        now = time.monotonic()
+        if isinstance(message, BatchDone):
+            try:
+                answers = self._split_batch(handle, chunks, message)
+            except BaseException as exc:
+                answers = []
+                for chunk in chunks:
+                    self._job_broke(chunk.job, exc)
+        else:
+            answers = [(chunks[0], message)]
+        for chunk, answer in answers:
+            try:
+                self._answered(handle, chunk, answer, now)
+            except BaseException as exc:
+                self._job_broke(chunk.job, exc)
+        for chunk in chunks:
+            self._settle(chunk.job)
         if should_recycle(handle.items_done, self.max_tasks_per_child, handle.last_rss,
                           self.max_memory):
             handle.retiring = True
         if handle.retiring and not handle.in_flight and not handle.stopping:
             self._send_stop(handle)
 
-    def _answered(self, handle: WorkerHandle, chunk: Chunk, message: Any) -> None:
-        """Take a worker's answer for ``chunk`` into its job."""
+    @staticmethod
+    def _split_batch(
+        handle: WorkerHandle, chunks: list[Chunk], message: BatchDone
+    ) -> list[tuple[Chunk, ChunkDone]]:
+        """One ChunkDone per part of a batch's answer, so each job takes its own."""
+        handle.last_rss = message.rss
+        if message.load_error is not None:
+            for chunk in reversed(chunks):  # each alone, where its own error is reported
+                if not chunk.job.finished:
+                    chunk.job.isolate(chunk)
+            return []
+        errors: dict[int, tuple[TaskError, ...]] = {}
+        for err in message.errors:
+            errors[err.offset] = (TaskError(0, err.error, err.traceback),)
+        return [
+            (chunk, ChunkDone(message.batch_id, [message.values[part]], errors.get(part, ()), 1,
+                              message.seconds[part], message.rss))
+            for part, chunk in enumerate(chunks)
+        ]
+
+    def _answered(self, handle: WorkerHandle, chunk: Chunk, message: Any, now: float) -> None:
+        """Take a worker's answer for ``chunk`` (alone, or one part of a batch) into its job."""
         job = chunk.job
-        now = time.monotonic()
         if isinstance(message, BaseException):
             # The answer itself would not unpickle here (a result class missing in the parent).
             for offset, item in enumerate(chunk.items):
@@ -569,26 +724,26 @@ class Manager:
                                 infrastructure=False)
                 if job.finished:
                     break
-        else:
-            assert isinstance(message, ChunkDone)
-            self._crashes_in_a_row = 0
-            handle.items_done += message.ran
-            handle.last_rss = message.rss
-            if message.ran:
-                job.sizer.observe(message.ran, message.seconds)
-                if job.fn_cached and job.sizer.cost is not None:
-                    self._function_costs[job.fn_id] = job.sizer.cost
-            if message.load_error is not None:
-                if len(chunk.items) > 1:
-                    job.isolate(chunk)
-                else:
-                    err = message.load_error
-                    error = attach_traceback(err.error, err.traceback, chunk.start,
-                                             chunk.items[0], handle.label)
-                    job.item_failed(chunk.start, chunk.items[0], error, job.policy.retries + 1,
-                                    now, infrastructure=False)
+            return
+        assert isinstance(message, ChunkDone)
+        self._crashes_in_a_row = 0
+        handle.items_done += message.ran
+        handle.last_rss = message.rss
+        if message.ran:
+            job.sizer.observe(message.ran, message.seconds)
+            if job.fn_cached and job.sizer.cost is not None:
+                self._function_costs[job.fn_id] = job.sizer.cost
+        if message.load_error is not None:
+            if len(chunk.items) > 1:
+                job.isolate(chunk)
             else:
-                job.complete(chunk, message.values, message.errors, handle.label, now)
+                err = message.load_error
+                error = attach_traceback(err.error, err.traceback, chunk.start,
+                                         chunk.items[0], handle.label)
+                job.item_failed(chunk.start, chunk.items[0], error, job.policy.retries + 1,
+                                now, infrastructure=False)
+        else:
+            job.complete(chunk, message.values, message.errors, handle.label, now)
 
     @staticmethod
     def _job_broke(job: Job, exc: BaseException) -> None:
@@ -665,27 +820,34 @@ class Manager:
             self._start_worker(handle.slot)
 
     def _blame(self, handle: WorkerHandle, exitcode: int | None, now: float) -> None:
-        running = handle.in_flight.popleft()
+        count, _ = handle.messages.popleft()
+        running = [handle.in_flight.popleft() for _ in range(count)]
         for queued in reversed(handle.in_flight):  # never started: send again as they were
             queued.job.returned(queued)
             queued.job.requeue(queued)
             self._settle(queued.job)
         handle.in_flight.clear()
-        job = running.job
-        job.returned(running)
-        release(running)  # it may have died before mapping the chunk's shared memory
-        if handle.timed_out is running:
-            item = running.items[0]
+        handle.messages.clear()
+        for chunk in running:
+            chunk.job.returned(chunk)
+            release(chunk)  # it may have died before mapping the chunk's shared memory
+        first = running[0]
+        job = first.job
+        verdict = blame(items=len(first.items), parts=count, timed_out=handle.timed_out is first)
+        if verdict == Verdict.ISOLATE:
+            # Which item killed it? Each runs again alone (never batched) to find out.
+            for chunk in reversed(running):
+                if not chunk.job.finished:
+                    chunk.job.isolate(chunk)
+        elif verdict == Verdict.TIMEOUT:
+            item = first.items[0]
             error: BaseException = _errors.TaskTimeoutError(
-                f"item {running.start} = {serialization.item_repr(item)} ran longer than its "
+                f"item {first.start} = {serialization.item_repr(item)} ran longer than its "
                 f"timeout of {job.item_timeout:g} s; {handle.label} was stopped and replaced"
             )
-            job.item_failed(running.start, item, error, running.attempt, now,
-                            infrastructure=True)
-        elif len(running.items) > 1:
-            job.isolate(running)  # which item killed it? run them one by one to find out
+            job.item_failed(first.start, item, error, first.attempt, now, infrastructure=True)
         else:
-            item = running.items[0]
+            item = first.items[0]
             available, total = processes.available_memory()
             signal_name, cause = describe_exit(
                 exitcode,
@@ -694,7 +856,7 @@ class Manager:
                 total_bytes=total,
             )
             error = _errors.WorkerCrashedError(
-                f"{handle.label} died while running item {running.start} = "
+                f"{handle.label} died while running item {first.start} = "
                 f"{serialization.item_repr(item)}: {cause}. The pool replaced the worker; "
                 "the other items are not affected.",
                 worker_id=handle.slot,
@@ -704,9 +866,9 @@ class Manager:
                 cause=cause,
                 item_repr=serialization.item_repr(item),
             )
-            job.item_failed(running.start, item, error, running.attempt, now,
-                            infrastructure=True)
-        self._settle(job)
+            job.item_failed(first.start, item, error, first.attempt, now, infrastructure=True)
+        for chunk in running:
+            self._settle(chunk.job)
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -848,6 +1010,7 @@ class Manager:
             job.fail(error)
         self._jobs.clear()
         self._feedable.clear()
+        self._queued.clear()
         while self._commands:
             command = self._commands.popleft()
             if isinstance(command, Submit):

@@ -1,8 +1,8 @@
 """The messages that cross the pipes between the manager and a worker.
 
 Each is a small frozen dataclass with slots: typed, self-describing, and cheap to pickle.
-Parent -> worker: :class:`RunChunk`, :class:`Stop`. Worker -> parent: :class:`ChunkDone`,
-:class:`Recycled`, :class:`InitFailed`.
+Parent -> worker: :class:`RunChunk`, :class:`RunBatch`, :class:`Stop`. Worker -> parent:
+:class:`ChunkDone`, :class:`BatchDone`, :class:`Recycled`, :class:`InitFailed`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,24 @@ class RunChunk:
     items: bytes
     mode: int  # how to call: CALL_ONE fn(x), CALL_STAR fn(*x), CALL_ARGS fn(*x[0], **x[1])
     stop_on_error: bool
+    forget: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunBatch:
+    """Several single-item jobs in one message (apply_async or submit in a loop): one pipe
+    write, one worker wake-up and one answer for all of them, instead of one each.
+
+    ``parts`` has one ``(fn_id, mode)`` per job, in order; ``items`` is the
+    pickled list of their items (one each); ``functions`` the ``(fn_id, pickled function)``
+    pairs this worker has not met yet. The worker answers with a :class:`BatchDone`. Plain
+    tuples rather than a dataclass per part: they pickle several times faster.
+    """
+
+    batch_id: int
+    parts: tuple[tuple[int, int], ...]
+    functions: tuple[tuple[int, bytes], ...]
+    items: bytes
     forget: tuple[int, ...] = ()
 
 
@@ -61,6 +79,25 @@ class ChunkDone:
     errors: tuple[TaskError, ...]
     ran: int
     seconds: float
+    rss: int
+    load_error: TaskError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """The answer to a :class:`RunBatch`: each part's value and error, kept apart per job.
+
+    ``values`` has one entry per part (None where it failed); ``errors`` lists the failed parts
+    (``TaskError.offset`` is the part's index); ``seconds`` is each part's compute time, so every
+    job (and its function's learned cost) gets its own. ``load_error`` is set when the batch's
+    items or functions could not be unpickled: the manager then runs each part alone, where the
+    error is reported for the one job it belongs to.
+    """
+
+    batch_id: int
+    values: list
+    errors: tuple[TaskError, ...]
+    seconds: tuple[float, ...]
     rss: int
     load_error: TaskError | None = None
 

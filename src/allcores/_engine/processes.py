@@ -55,6 +55,9 @@ class WorkerHandle:
     task_conn: Any  # the manager writes RunChunk / Stop here
     result_conn: Any  # ...and reads ChunkDone here
     in_flight: collections.deque = field(default_factory=collections.deque)  # chunks, FIFO
+    # One (chunks, expected seconds or None) per message in its pipe, FIFO: a RunBatch carries
+    # several chunks of in_flight, a RunChunk one.
+    messages: collections.deque = field(default_factory=collections.deque)
     known_functions: set[int] = field(default_factory=set)
     lent: set[str] = field(default_factory=set)  # recyclable segments it may still hold
     forget: list[int] = field(default_factory=list)

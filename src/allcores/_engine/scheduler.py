@@ -15,8 +15,15 @@ __all__ = [
     "ChunkSizer",
     "Reorderer",
     "RetryPolicy",
+    "Verdict",
     "admit",
+    "batch_limit",
+    "batchable",
+    "blame",
     "describe_exit",
+    "has_room",
+    "in_tail",
+    "prefetch_budget",
     "should_recycle",
 ]
 
@@ -76,8 +83,13 @@ class ChunkSizer:
         else:
             self.cost += COST_SMOOTHING * (per_item - self.cost)
 
-    def next_size(self, remaining: int | None) -> int:
-        """Items for the next chunk; ``remaining`` is None for inputs of unknown length."""
+    def next_size(self, remaining: int | None, budget: float | None = None) -> int:
+        """Items for the next chunk; ``remaining`` is None for inputs of unknown length.
+
+        ``budget`` caps the chunk's expected seconds (a chunk queued behind a busy worker's work
+        is kept within the prefetch horizon, see :func:`prefetch_budget`); it never cuts a
+        chunk below ``MIN_CHUNK_SECONDS`` of work, or one item.
+        """
         if remaining is not None and remaining <= 0:
             return 0
         if self.fixed is not None:
@@ -90,10 +102,154 @@ class ChunkSizer:
             if remaining is not None:
                 size = min(size, math.ceil(remaining / (GUIDED_FACTOR * self.workers)))
             size = max(size, int(MIN_CHUNK_SECONDS / cost), 1)
+            if budget is not None:
+                size = min(size, max(int(budget / cost), int(MIN_CHUNK_SECONDS / cost), 1))
             size = min(size, MAX_CHUNK_ITEMS)
         if remaining is not None:
             size = min(size, remaining)
         return size
+
+
+# -- dispatch: who gets what, and when -----------------------------------------------------
+#
+# The manager asks these functions, with plain numbers it observed, whether a worker may be sent
+# more work, how much, and what a worker's death means; it keeps only the I/O and bookkeeping.
+# ``tests/_simulation.py`` drives the same functions in a discrete-event simulation.
+#
+# Pull, not stealing. A worker runs its chunk on its main thread and reads its pipe only between
+# chunks, so a chunk written to its pipe cannot be taken back while a long task runs (taking it
+# back needs the busy worker's answer, which comes only once the long task ends; running it
+# twice would run side effects twice). So the manager commits little: a chunk is queued behind
+# a busy worker only while the work already in that pipe is expected to end within the
+# prefetch horizon, the queued chunk is itself cut to fit the horizon, and in a map's tail
+# nothing is queued behind busy workers at all. A queued chunk saves one round trip (~0.1 ms):
+# that matters for tiny chunks, and is worth nothing for 20 ms ones, which are sent only to a
+# worker that asked for work by finishing its last chunk. What an unexpectedly long task can
+# strand behind it is at most one horizon of work, never a whole chunk of a skewed map.
+
+# Work expected to end within this many seconds may have a chunk queued behind it.
+PREFETCH_HORIZON_SECONDS = 0.005
+# Chunks in one worker's pipe at most, the running one included (tiny items, apply_async).
+PREFETCH_MAX_CHUNKS = 16
+# In the tail of a map (fewer than this many chunks per worker left), chunks go only to idle
+# workers: a chunk queued behind an unexpectedly long item would wait there while another worker
+# runs dry (W3b's 200 ms items come last).
+PREFETCH_TAIL_CHUNKS = 2
+# Single-item jobs (apply_async, submit) whose learned cost is known and below this many seconds
+# share one message and one worker round trip with the jobs queued after them: one round trip
+# (a pipe write, a worker wake-up, an answer) costs ~50-100 us, far more than such a task.
+BATCH_TARGET_SECONDS = 0.002
+# ...at most this many of them in one message (bounds the message and the burst of answers).
+BATCH_MAX_PARTS = 256
+
+
+def has_room(
+    *,
+    chunks: int,
+    queued_seconds: float | None,
+    running_timed: bool = False,
+    lifespan_left: int | None = None,
+    accepting: bool = True,
+) -> bool:
+    """Whether a worker may be sent one more chunk now.
+
+    ``chunks`` are the chunks in its pipe (the running one included); ``queued_seconds`` the
+    work they are expected to take (None while one's cost is unknown: a probe runs alone);
+    ``running_timed`` whether a timed item runs (it runs alone, so its clock is honest);
+    ``lifespan_left`` the items it may still take under ``maxtasksperchild`` (None: no limit);
+    ``accepting`` False once it retires, stops or was killed for a timeout.
+
+    >>> has_room(chunks=0, queued_seconds=None)
+    True
+    >>> has_room(chunks=1, queued_seconds=0.020)  # a 20 ms chunk runs: nothing waits behind it
+    False
+    >>> has_room(chunks=1, queued_seconds=0.0005)  # a tiny one: queue the next behind it
+    True
+    """
+    if not accepting:
+        return False
+    if lifespan_left is not None and lifespan_left <= 0:
+        return False
+    if chunks == 0:
+        return True
+    if running_timed or chunks >= PREFETCH_MAX_CHUNKS or queued_seconds is None:
+        return False
+    return queued_seconds < PREFETCH_HORIZON_SECONDS
+
+
+def prefetch_budget(queued_seconds: float) -> float:
+    """Seconds of work a chunk queued behind ``queued_seconds`` of work may carry."""
+    return max(PREFETCH_HORIZON_SECONDS - queued_seconds, 0.0)
+
+
+def in_tail(remaining: int | None, chunk_size: int, workers: int) -> bool:
+    """Whether a map with ``remaining`` items left (None: unknown length) is in its tail.
+
+    >>> in_tail(remaining=3, chunk_size=1, workers=2)
+    True
+    >>> in_tail(remaining=None, chunk_size=1, workers=2)
+    False
+    """
+    if remaining is None:
+        return False
+    return remaining < PREFETCH_TAIL_CHUNKS * max(1, workers) * max(1, chunk_size)
+
+
+def batchable(*, items: int, cost: float | None, timed: bool, isolated: bool) -> bool:
+    """Whether a chunk of a single-item job may share a message with others.
+
+    Only tiny work with a learned cost: a probe (cost unknown) runs alone, a timed item runs
+    alone (its clock starts when it is sent), an isolated item runs alone (it is being re-run to
+    find which item killed a worker, or it is a retry).
+    """
+    if timed or isolated or cost is None or items != 1:
+        return False
+    return cost < BATCH_TARGET_SECONDS
+
+
+def batch_limit(*, waiting: int, workers: int, lifespan_left: int | None = None) -> int:
+    """How many single-item jobs one message may carry, with ``waiting`` jobs queued.
+
+    The waiting jobs are shared among the workers (guided, as chunks are), so a burst of
+    apply_async calls keeps every worker busy rather than filling one pipe.
+
+    >>> batch_limit(waiting=1000, workers=2)
+    256
+    >>> batch_limit(waiting=10, workers=2)
+    5
+    """
+    limit = min(BATCH_MAX_PARTS, max(1, math.ceil(waiting / max(1, workers))))
+    if lifespan_left is not None:
+        limit = min(limit, max(1, lifespan_left))
+    return limit
+
+
+class Verdict:
+    """What a worker's death means for the message it was running (see :func:`blame`)."""
+
+    TIMEOUT = "timeout"  # its one item ran past its timeout: that item fails (or is retried)
+    ISOLATE = "isolate"  # several items could be the culprit: each runs again alone
+    CRASHED = "crashed"  # its one item killed the worker: that item fails (or is retried)
+
+
+def blame(*, items: int, parts: int = 1, timed_out: bool = False) -> str:
+    """The decision part of handling a worker that died running a message.
+
+    ``items`` counts the items of the message's running chunk, ``parts`` the chunks the message
+    carried (a batch of single-item jobs has several); ``timed_out`` is True when the manager
+    killed it for a timeout. Chunks queued behind the running message never started: they are
+    sent again as they were, whatever the verdict.
+
+    >>> blame(items=1)
+    'crashed'
+    >>> blame(items=1, parts=40)  # a batch: which of the 40 jobs did it?
+    'isolate'
+    """
+    if timed_out:
+        return Verdict.TIMEOUT
+    if items > 1 or parts > 1:
+        return Verdict.ISOLATE
+    return Verdict.CRASHED
 
 
 class Reorderer:

@@ -28,9 +28,11 @@ from allcores._engine import serialization, shm
 from allcores._engine.messages import (
     CALL_ONE,
     CALL_STAR,
+    BatchDone,
     ChunkDone,
     InitFailed,
     Recycled,
+    RunBatch,
     RunChunk,
     Stop,
     TaskError,
@@ -117,6 +119,63 @@ def _encode_done(done: ChunkDone) -> bytes:
     return shm.pack(fixed)[0]
 
 
+def _encode_batch(done: BatchDone) -> bytes:
+    """Like :func:`_encode_done`, for a batch: a value that cannot be pickled fails its part."""
+    try:
+        return shm.pack(done)[0]
+    except Exception:
+        pass
+    values = list(done.values)
+    errors = list(done.errors)
+    for part, value in enumerate(values):
+        try:
+            serialization.dumps(value)
+        except Exception as exc:
+            values[part] = None
+            hint = serialization.pickling_hint("the result", value, exc)
+            err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
+            errors.append(TaskError(part, err, ""))
+    errors.sort(key=lambda e: e.offset)
+    fixed = BatchDone(done.batch_id, values, tuple(errors), done.seconds, done.rss)
+    return shm.pack(fixed)[0]
+
+
+def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDone:
+    """Run each part of a batch with its own function; each part's error stays its own."""
+    try:
+        for fn_id, blob in msg.functions:
+            functions[fn_id] = serialization.loads_function(blob)
+        items = shm.unpack(msg.items, keep=kept)
+        fns = [functions[fn_id] for fn_id, _ in msg.parts]
+        if len(items) != len(fns):
+            raise RuntimeError(f"allcores internal error: {len(items)} items for {len(fns)} parts")
+    except BaseException as exc:
+        err = _errors.ArgumentPicklingError(
+            f"a batch's functions or arguments could not be unpickled in the worker: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        return BatchDone(msg.batch_id, [], (), (), rss_bytes(), _task_error(0, err))
+    values: list = []
+    errors: list[TaskError] = []
+    seconds: list[float] = []
+    perf_counter = time.perf_counter
+    for part, ((_, mode), fn, item) in enumerate(zip(msg.parts, fns, items)):  # noqa: B905
+        started = perf_counter()
+        try:
+            if mode == CALL_ONE:
+                values.append(fn(item))
+            elif mode == CALL_STAR:
+                values.append(fn(*item))
+            else:
+                values.append(fn(*item[0], **item[1]))
+        except BaseException as exc:
+            values.append(None)
+            errors.append(_task_error(part, exc))
+        seconds.append(perf_counter() - started)
+    _flush_queues()
+    return BatchDone(msg.batch_id, values, tuple(errors), tuple(seconds), rss_bytes())
+
+
 def _lifeline(fd: int) -> None:
     """Exit the worker as soon as the manager's end of the task pipe is gone."""
     watcher = select.poll()
@@ -195,6 +254,14 @@ def worker_main(
         del data
         if isinstance(msg, Stop):
             return
+        if isinstance(msg, RunBatch):
+            for fn_id in msg.forget:
+                functions.pop(fn_id, None)
+            kept_batch: list = []
+            result_conn.send_bytes(_encode_batch(_run_batch(msg, functions, kept_batch)))
+            del msg
+            _give_back(kept_batch, result_conn)
+            continue
         assert isinstance(msg, RunChunk)
         for fn_id in msg.forget:
             functions.pop(fn_id, None)

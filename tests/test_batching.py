@@ -1,0 +1,104 @@
+"""apply_async / submit in a loop: tiny single-item jobs share messages (RunBatch) while each
+keeps its own result, error, crash report and retry. Real processes throughout."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import pytest
+
+import allcores
+from _tasks import add, double, exit_on, fail_on
+from allcores._engine import manager as manager_module
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 400
+
+
+@pytest.fixture
+def batches(monkeypatch):
+    """Counts the batches the manager sends (the engine itself runs unchanged)."""
+    sent: list[int] = []
+    original = manager_module.Manager._send_batch
+
+    def counting(self, handle, batch, now):
+        sent.append(len(batch))
+        return original(self, handle, batch, now)
+
+    monkeypatch.setattr(manager_module.Manager, "_send_batch", counting)
+    return sent
+
+
+def _warm(pool, fn, *args):
+    """One call alone, so the function's cost is learned and the next calls can be batched."""
+    assert pool.apply_async(fn, args).get(timeout=30) is not None
+
+
+def test_mixed_functions_share_batches_and_keep_their_own_results(batches):
+    with allcores.Pool(2) as pool:
+        _warm(pool, double, 1)
+        _warm(pool, add, 1, 2)
+        results = [
+            pool.apply_async(double, (i,)) if i % 2 else pool.apply_async(add, (i, 1))
+            for i in range(N)
+        ]
+        assert [r.get(timeout=60) for r in results] == [
+            2 * i if i % 2 else i + 1 for i in range(N)
+        ]
+    assert batches and max(batches) > 1  # they did travel together
+
+
+def test_an_error_in_a_batch_is_that_job_alone(batches):
+    seen = []
+    with allcores.Pool(2) as pool:
+        _warm(pool, fail_on, 0)
+        results = [pool.apply_async(fail_on, (i % 10,), error_callback=seen.append)
+                   for i in range(N)]
+        for i, r in enumerate(results):
+            if i % 10 == 3:
+                with pytest.raises(ValueError, match="bad item 3"):
+                    r.get(timeout=60)
+            else:
+                assert r.get(timeout=60) == i % 10
+    assert batches and max(batches) > 1
+    assert len(seen) == N // 10 and all(isinstance(e, ValueError) for e in seen)
+
+
+def test_a_crash_in_a_batch_fails_only_the_culprit(batches):
+    with allcores.Pool(2) as pool:
+        _warm(pool, exit_on, 0)
+        results = [pool.apply_async(exit_on, (i, 150)) for i in range(N)]
+        for i, r in enumerate(results):
+            if i == 150:
+                with pytest.raises(allcores.WorkerCrashedError, match="item 0 = "):
+                    r.get(timeout=60)
+            else:
+                assert r.get(timeout=60) == i
+        assert pool.apply_async(exit_on, (1, 150)).get(timeout=30) == 1  # the pool lives on
+    assert batches and max(batches) > 1
+
+
+def test_executor_futures_in_batches_keep_their_own_retries(tmp_path):
+    with allcores.Executor(2, retries=1, retry_on=ValueError) as ex:
+        assert ex.submit(double, 1).result(timeout=30) == 2
+        futures = [ex.submit(fail_on, i % 10) for i in range(N)]
+        done = list(cf.as_completed(futures, timeout=60))
+        assert len(done) == N
+        for i, f in enumerate(futures):
+            if i % 10 == 3:
+                assert isinstance(f.exception(), ValueError)  # retried once, then failed
+            else:
+                assert f.result() == i % 10
+
+
+def test_a_cancelled_future_in_a_batch_never_runs():
+    with allcores.Executor(1) as ex:
+        assert ex.submit(double, 1).result(timeout=30) == 2
+        futures = [ex.submit(double, i) for i in range(N)]
+        cancelled = [f for f in futures[N // 2:] if f.cancel()]
+        for f in futures:
+            if f in cancelled:
+                assert f.cancelled()
+            else:
+                assert f.result(timeout=60) == 2 * futures.index(f)
