@@ -12,6 +12,9 @@ Where the standard library already has a class for the same meaning, ours subcla
         │                                   running an item (also BrokenProcessPool)
         ├── TaskTimeoutError                an item ran past its timeout= and was stopped
         │                                   (also TimeoutError)
+        ├── ForeignObjectError              a shared-memory segment, named semaphore or
+        │                                   limit() folder to reopen is not this user's own
+        │                                   private object (also PermissionError)
         ├── SerializationError              something could not cross the process boundary
         │   ├── ArgumentPicklingError       an argument (or the function) failed to pickle
         │   │                               (also pickle.PicklingError and TypeError)
@@ -31,6 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "AllcoresError",
     "ArgumentPicklingError",
+    "ForeignObjectError",
     "InternalError",
     "PoolClosedError",
     "RemoteTraceback",
@@ -111,6 +115,17 @@ def _rebuild_crash(message, worker_id, pid, exitcode, signal_name, cause, item_r
 
 class TaskTimeoutError(AllcoresError, TimeoutError):
     """An item ran longer than its ``timeout=``; its worker was stopped and replaced."""
+
+
+class ForeignObjectError(AllcoresError, PermissionError):
+    """A named object allcores was about to reopen is not the one it made: refused, never read.
+
+    Raised when a shared-memory segment, a named semaphore or a ``limit()`` folder belongs to
+    another user, lets other users in (group/other permission bits), is a symbolic link, or
+    (sync objects, shared arrays) does not carry the secret of the handle that names it. The
+    usual cause is a name reused after its owner released it (another user or container
+    recreated it, or a recycled pid); see docs/security.md.
+    """
 
 
 class SerializationError(AllcoresError):

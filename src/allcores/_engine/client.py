@@ -43,9 +43,14 @@ def resolve_context(context: Any = None) -> Any:
     so code that works under one works under all.
     """
     if context is None:
-        context = os.environ.get(START_METHOD_ENV) or (
-            "fork" if sys.platform.startswith("linux") else None
-        )
+        from_env = os.environ.get(START_METHOD_ENV)
+        if from_env and from_env not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"the environment variable {START_METHOD_ENV}={from_env!r} is not a start "
+                f"method: this platform offers {', '.join(multiprocessing.get_all_start_methods())}"
+                f". Set it to one of those, or unset it for the default"
+            )
+        context = from_env or ("fork" if sys.platform.startswith("linux") else None)
     if context is None or isinstance(context, str):
         methods = multiprocessing.get_all_start_methods()
         if context is not None and context not in methods:

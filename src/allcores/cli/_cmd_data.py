@@ -40,14 +40,15 @@ def register(subparsers: Any) -> None:
         "--apply",
         metavar="MODULE:FUNCTION",
         default=None,
-        help="run FUNCTION(partition_dataframe) instead of RFM (the module is imported from "
-        "the current folder or PYTHONPATH)",
+        help="run FUNCTION(partition_dataframe) instead of RFM. This runs the module's code: "
+        "use trusted modules only (imported from the current folder or PYTHONPATH)",
     )
     p.add_argument(
         "--reduce",
         metavar="MODULE:FUNCTION",
         default=None,
-        help="combine --apply results pairwise with FUNCTION(a, b) (default: concatenate)",
+        help="combine --apply results pairwise with FUNCTION(a, b) (default: concatenate); "
+        "runs that module's code too",
     )
     p.add_argument("--columns", default=None, help="comma-separated columns to read (--apply)")
     p.add_argument(

@@ -52,13 +52,17 @@ def register(subparsers: Any) -> None:
                       help="JPEG/WebP quality 1-100 (default: 85)")
     what.add_argument("--dataset", metavar="FILE.npy|FILE.npz",
                       help="also write one uint8 N x H x W x C array with names and labels "
-                           "(labels: first-level folder names); needs --size; relative to DST")
+                           "(labels: first-level folder names); needs --size; relative to DST "
+                           "(a path outside DST is refused)")
     what.add_argument("--max-pixels", type=int, default=None, metavar="N",
                       help="refuse bigger images as decompression bombs (default: Pillow's, "
                            "about 89 million)")
     run = p.add_argument_group("how to run")
     run.add_argument("--workers", "-j", type=int, default=None, metavar="N",
                      help="processes to use (default: every core)")
+    run.add_argument("--follow-links", action="store_true",
+                     help="also read symbolic links under SRC that lead outside it (by "
+                          "default they are listed as failures and not read)")
     run.add_argument("--force", action="store_true",
                      help="redo every image, even those already done")
     run.add_argument("--compare-serial", action="store_true",
@@ -130,6 +134,7 @@ def _handle(args: argparse.Namespace) -> int:
             compare_serial=args.compare_serial,
             force=args.force,
             progress=progress,
+            follow_links=args.follow_links,
             **options,
         )
     except (ValueError, OSError) as exc:  # bad options, SRC missing, DST not writable

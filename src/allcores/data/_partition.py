@@ -11,7 +11,8 @@ A CSV file is cut into byte ranges, each moved forward to just after a line brea
 partition holds whole lines; the parent never parses or pickles the table. The number of
 partitions depends only on the file's size (never on the worker count), so results that sum
 floats are identical for any ``workers``. Limitation: a quoted field holding a line break
-would be cut in two; such files must be read whole (pandas) or converted to Parquet first.
+could be cut in two, so it is refused (a :class:`DataError` naming its line) wherever it is;
+such files must be read whole (pandas) or converted to Parquet first.
 """
 
 from __future__ import annotations
@@ -236,6 +237,8 @@ def _read_csv(part: Partition, columns: list[str] | None, dtype: dict[str, str] 
                     dtype=dtype,
                     index_col=False,
                 )
+            except UnicodeDecodeError:
+                raise not_utf8_error(part, _partition_bytes(part)) from None
             except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
                 raise malformed_row_error(part, _partition_bytes(part), str(exc)) from None
             except (ValueError, TypeError) as exc:
@@ -245,16 +248,44 @@ def _read_csv(part: Partition, columns: list[str] | None, dtype: dict[str, str] 
                 if error is None:
                     raise
                 raise error from exc
-        if columns is not None and not counted.plausible(len(names)):
-            # usecols makes pandas skip extra fields silently: parse every column, which
-            # raises on a row with too many. Legal files land here too (quoted commas, blank
-            # lines); they pass, and the frame read above stands.
-            data = _partition_bytes(part)
-            try:
-                pd.read_csv(io.BytesIO(data), header=None, names=names, dtype=str, index_col=False)
-            except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-                raise malformed_row_error(part, data, str(exc)) from None
+        if not counted.plausible(len(names)):
+            # A row with too few fields becomes NaN and, with usecols, one with too many is
+            # cut silently; a quoted line break makes two lines of one row. Legal files land
+            # here too (quoted commas, blank lines): they pass, and the frame read above
+            # stands. The check costs a second parse, only for such partitions.
+            _check_rows(part, _partition_bytes(part))
     return df
+
+
+def _check_rows(part: Partition, data: bytes) -> None:
+    """Raise :class:`DataError` for the first row of ``data`` that is not a plain CSV row of
+    the header's width: too many or too few fields, or a quoted field holding a line break.
+
+    Python's csv module, not pandas: pandas gives a missing field and an empty one the same
+    value. Only partitions whose comma count is off get here.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8_error(part, data) from None
+    error = _first_bad_row(part, data)
+    if error is not None:
+        raise error
+
+
+def not_utf8_error(part: Partition, data: bytes) -> DataError:
+    """The error for a partition that is not UTF-8 text, naming the line of the first bad byte."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = lines_before(part) + data.count(b"\n", 0, exc.start) + 1
+        return DataError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason}); convert the file to "
+            "UTF-8 first, e.g. iconv -f latin1 -t utf-8",
+            file=part.file,
+            line=line,
+        )
+    return DataError("not UTF-8 text; convert the file to UTF-8 first", file=part.file)
 
 
 #: Bytes per read while streaming a partition into the parser: large enough that the
@@ -309,24 +340,47 @@ def _partition_bytes(part: Partition) -> bytes:
 
 
 def malformed_row_error(part: Partition, data: bytes, detail: str = "") -> DataError:
-    """The error for the first line of ``data`` whose field count is wrong."""
-    expected = len(part.columns)
-    line = lines_before(part)
-    for text in data.decode("utf-8", errors="replace").splitlines():
-        line += 1
-        if not text.strip():
-            continue
-        fields = next(csv.reader([text]))
-        if len(fields) != expected:
-            return DataError(
-                f"expected {expected} fields ({', '.join(part.columns)}), found {len(fields)}: "
-                f"{_clip(text)!r}",
-                file=part.file,
-                line=line,
-            )
+    """The error for the first row of ``data`` whose field count is wrong, or that holds a
+    quoted line break (a partition can be cut inside such a field: they are unsupported)."""
+    error = _first_bad_row(part, data)
+    if error is not None:
+        return error
     found = re.search(r"line (\d+)", detail)
     at = lines_before(part) + int(found.group(1)) if found else None
     return DataError(f"malformed CSV ({detail})", file=part.file, line=at)
+
+
+def _first_bad_row(part: Partition, data: bytes) -> DataError | None:
+    expected = len(part.columns)
+    before = lines_before(part)
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    try:
+        for fields in reader:
+            line = before + start
+            start = reader.line_num + 1
+            if not fields or not "".join(fields).strip():
+                continue  # a blank line
+            if any("\n" in f or "\r" in f for f in fields):
+                return DataError(
+                    "a quoted field holds a line break, which allcores data cannot split "
+                    "into partitions; remove the line breaks or convert the file to Parquet",
+                    file=part.file,
+                    line=line,
+                )
+            if len(fields) != expected:
+                raw = lines[line - before - 1] if line - before - 1 < len(lines) else ""
+                return DataError(
+                    f"expected {expected} fields ({', '.join(part.columns)}), found "
+                    f"{len(fields)}: {_clip(raw)!r}",
+                    file=part.file,
+                    line=line,
+                )
+    except csv.Error as exc:  # e.g. a quote left open at the end of the partition
+        return DataError(f"malformed CSV ({exc})", file=part.file, line=before + start)
+    return None
 
 
 def _find_bad_value(

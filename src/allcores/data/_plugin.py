@@ -1,10 +1,17 @@
-"""``--apply module:function``: a user's function, found by name in the parent and the workers."""
+"""``--apply module:function``: a user's function, found by name in the parent and the workers.
+
+This runs code: whatever ``module`` is found first is imported (and its top level executed)
+in the parent and in every worker. Use it only with modules you trust, from a folder you
+trust (docs/security.md). The folder is put on ``sys.path`` for that one import only, so a
+file planted in the current folder (``numpy.py``, say) cannot shadow a later import.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,14 +55,31 @@ def load_function(spec: str) -> ImportedFunction:
     return handle
 
 
+_path_lock = threading.Lock()
+
+
+def _import_from(module_name: str, path_entry: str) -> Any:
+    """Import ``module_name`` with ``path_entry`` first on ``sys.path`` for this import only."""
+    with _path_lock:
+        added = path_entry not in sys.path
+        if added:
+            sys.path.insert(0, path_entry)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            if added:
+                try:
+                    sys.path.remove(path_entry)
+                except ValueError:  # the module itself took it off: nothing to undo
+                    pass
+
+
 def _resolve(spec: str, path_entry: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"expected module:function (like mystats:summary), got {spec!r}")
-    if path_entry not in sys.path:
-        sys.path.insert(0, path_entry)
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_from(module_name, path_entry)
     except ImportError as exc:
         raise ValueError(
             f"cannot import module {module_name!r} for {spec!r} ({exc}); run from the folder "

@@ -46,6 +46,41 @@ def label_of(rel: str) -> str:
     return head if sep else ""
 
 
+#: Flags for every file this module creates: a new file only (``O_EXCL``), never through a
+#: symbolic link (``O_NOFOLLOW``), so a link planted at a temporary name cannot redirect the
+#: write to an unrelated file.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def create_new(path: str, mode: int = 0o644) -> int:
+    """Create ``path`` as a new file and return a write fd; a leftover at that name (a file or
+    a link from a killed run with the same pid) is removed first, never followed."""
+    try:
+        return os.open(path, _NEW_FILE, mode)
+    except FileExistsError:
+        os.unlink(path)  # unlink removes a link itself, not its target
+        return os.open(path, _NEW_FILE, mode)
+
+
+def _new_npy(path: str, shape: tuple[int, ...]) -> int:
+    """Lay out a new uint8 ``.npy`` file of ``shape`` (header, then zero bytes, sparse);
+    returns the offset of its data. What ``open_memmap(mode="w+")`` does, without following
+    a link at ``path``."""
+    import numpy as np
+
+    fd = create_new(path)
+    with os.fdopen(fd, "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                  "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        offset = f.tell()
+        nbytes = 1
+        for n in shape:
+            nbytes *= n
+        f.truncate(offset + nbytes)
+    return offset
+
+
 def _sweep_stale(folder: str, name: str) -> None:
     """Delete temporary arrays of killed runs (their pid is gone): they can be gigabytes."""
     prefix = f".{name}."
@@ -63,17 +98,14 @@ def _sweep_stale(folder: str, name: str) -> None:
 
 def create(final: str, names: list[str], size: tuple[int, int], mode: str) -> DatasetPlan:
     """Lay out the temporary array file the workers will fill."""
-    import numpy as np
-
     width, height = size
     shape = (len(names), height, width, len(mode))
     folder = os.path.dirname(os.path.abspath(final))
     os.makedirs(folder, exist_ok=True)
     _sweep_stale(folder, os.path.basename(final))
     tmp = os.path.join(folder, f".{os.path.basename(final)}.{os.getpid()}.tmp.npy")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    offset = int(array.offset)
-    del array  # workers write through their own file handles; nothing stays mapped here
+    # workers write through their own file handles; nothing stays mapped here
+    offset = _new_npy(tmp, shape)
     return DatasetPlan(
         final=final,
         tmp=tmp,
@@ -96,8 +128,8 @@ def finish(plan: DatasetPlan, failed_rows: set[int]) -> tuple[int, ...]:
     source = np.load(plan.tmp, mmap_mode="r")
     if len(keep) != plan.count:
         compact = plan.tmp + ".compact.npy"
-        out = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8,
-                                        shape=(len(keep), *source.shape[1:]))
+        _new_npy(compact, (len(keep), *source.shape[1:]))
+        out = np.load(compact, mmap_mode="r+")
         for start in range(0, len(keep), COPY_ROWS):
             rows = keep[start : start + COPY_ROWS]
             out[start : start + len(rows)] = source[rows]
@@ -111,20 +143,21 @@ def finish(plan: DatasetPlan, failed_rows: set[int]) -> tuple[int, ...]:
     if plan.final.endswith(".npz"):
         tmp_zip = plan.tmp + ".npz"
         # np.savez streams a memory-mapped array into the zip in chunks: bounded memory.
-        np.savez(
-            tmp_zip,
-            images=source,
-            names=np.array(names, dtype=str),
-            labels=np.array(labels, dtype=np.int64),
-            classes=np.array(classes, dtype=str),
-        )
+        with os.fdopen(create_new(tmp_zip), "wb") as zf:
+            np.savez(
+                zf,
+                images=source,
+                names=np.array(names, dtype=str),
+                labels=np.array(labels, dtype=np.int64),
+                classes=np.array(classes, dtype=str),
+            )
         del source
         os.replace(tmp_zip, plan.final)
         os.unlink(plan.tmp)
     else:
         del source
         meta_path = os.path.splitext(plan.final)[0] + ".json"
-        with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
+        with os.fdopen(create_new(meta_path + ".tmp"), "w", encoding="utf-8") as f:
             json.dump(meta, f)
         os.replace(meta_path + ".tmp", meta_path)
         os.replace(plan.tmp, plan.final)

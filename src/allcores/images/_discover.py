@@ -7,7 +7,12 @@ The rules this module enforces (each one is a promise of ``allcores images``):
 - **Nothing is written outside DST**: output folders are created one level at a time, and a
   symbolic link met on the way is followed only when it leads back inside DST.
 - **DST inside SRC** is skipped while walking SRC, so a run never eats its own outputs.
-- Symbolic links to folders inside SRC are not walked (they can loop); links to files are read.
+- Symbolic links to folders inside SRC are not walked (they can loop); links to files inside
+  SRC are read. A link whose target lies **outside SRC** (``outside.png -> /etc/hostname``) is
+  refused and listed, unless the caller allows it (``follow_links=True``): a folder from
+  someone else must not make the run read, and copy into DST, files it was never given.
+- Temporary files are swept only when the process named in them is gone: two runs into one
+  DST must not delete each other's work in progress.
 """
 
 from __future__ import annotations
@@ -32,10 +37,19 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def discover(src: str, exclude: list[str]) -> list[Found]:
+#: The reason given for a link out of SRC that was not followed (see the module docstring).
+OUTSIDE_LINK = (
+    "a symbolic link leading outside SRC: not read (pass follow_links=True, or "
+    "--follow-links, to read such links)"
+)
+
+
+def discover(src: str, exclude: list[str], follow_links: bool = False) -> list[Found]:
     """Every file under ``src`` whose name ends in an image extension, sorted by path.
 
     ``exclude`` lists folders (DST, the samples folder's outputs...) that are not walked.
+    ``src`` must be resolved (realpath). Links to files outside it are listed with the
+    problem :data:`OUTSIDE_LINK` unless ``follow_links``.
     """
     excluded: list[os.stat_result] = []
     for path in exclude:
@@ -80,7 +94,14 @@ def discover(src: str, exclude: list[str]) -> list[Found]:
                 # a FIFO named x.jpg would block the worker that opens it forever
                 found.append(Found(rel, entry.path, "not a regular file"))
                 continue
-            found.append(Found(rel, os.path.abspath(entry.path)))
+            path = os.path.abspath(entry.path)
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not follow_links and not is_inside(target, src):
+                    found.append(Found(rel, entry.path, OUTSIDE_LINK))
+                    continue
+                path = target  # read what was checked, even if the link changes later
+            found.append(Found(rel, path))
     found.sort(key=lambda f: f.rel)
     return found
 
@@ -150,8 +171,34 @@ class DirMaker:
         ]
 
 
+def _writer_pid(name: str) -> int | None:
+    """The pid in a temporary file's name (``.NAME.<pid>.allcores-tmp``), or None."""
+    head = name[: -len(TEMP_SUFFIX)]
+    pid = head.rpartition(".")[2]
+    return int(pid) if pid.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    try:  # a killed worker nobody has reaped yet is a zombie: its file is a leftover
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def sweep_temps(folders: list[str]) -> int:
-    """Delete temporary files a killed run left in ``folders``; returns how many."""
+    """Delete temporary files that killed runs left in ``folders``; returns how many.
+
+    Only files whose writer (the pid in the name) is gone: a live process's file is another
+    run's image in progress. A worker pid reused by a new process keeps its old file until a
+    later run, which is harmless (the name is hidden and unique to that pid).
+    """
     removed = 0
     for folder in folders:
         try:
@@ -159,10 +206,14 @@ def sweep_temps(folders: list[str]) -> int:
         except OSError:
             continue
         for entry in entries:
-            if entry.name.endswith(TEMP_SUFFIX) and entry.name.startswith("."):
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except OSError:
-                    pass
+            if not (entry.name.endswith(TEMP_SUFFIX) and entry.name.startswith(".")):
+                continue
+            pid = _writer_pid(entry.name)
+            if pid is not None and _pid_alive(pid):
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
     return removed

@@ -165,11 +165,12 @@ def _load_manifest(path: str) -> dict[str, Any] | None:
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write ``path`` whole or not at all, through a temp file created as a new file only."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with os.fdopen(_dataset.create_new(tmp), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # replaces a link at ``path`` itself, never its target
 
 
 class _Plan:
@@ -331,6 +332,55 @@ def _serial_comparison(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _vouch(manifest_path: str, settings: dict[str, Any]) -> tuple[bool, int]:
+    """Read and rewrite the manifest; return (every output trusted, trust those since ns).
+
+    The manifest says which steps made the outputs in DST. ``resume: true``: every output
+    was made with its settings. ``resume: false``: a run with these settings started at
+    ``since`` (ns, the file system's clock) and had not finished: outputs written since
+    then are its work and are trusted, older ones are redone. No manifest (a new DST, or a
+    deleted one), or other settings, vouch for nothing: every existing output is redone
+    rather than trusted, and the manifest records this run's start.
+    """
+    manifest = _load_manifest(manifest_path)
+    if manifest is not None and manifest.get("settings") == settings:
+        if manifest.get("resume") is True:
+            return True, 0
+        since = manifest.get("since")
+        if isinstance(since, int) and since > 0:
+            _write_json(manifest_path, {"settings": settings, "resume": False, "since": since})
+            return False, since
+    # This run starts now: the manifest's own mtime, written before any output, is on the
+    # same (coarse) clock as the outputs' mtimes, so every output this run writes is >= it.
+    _write_json(manifest_path, {"settings": settings, "resume": False})
+    since = os.stat(manifest_path).st_mtime_ns
+    _write_json(manifest_path, {"settings": settings, "resume": False, "since": since})
+    return False, since
+
+
+def _dataset_path(dataset: str, dst_real: str, src_real: str) -> str:
+    """Where the dataset goes: inside DST (relative to it, or absolute), else ValueError.
+
+    Its folders are made like output folders (no link followed out of DST), so the array, its
+    temporary file and its ``.json`` all land inside DST, as the docs promise.
+    """
+    final = os.path.normpath(os.path.join(dst_real, dataset))  # an absolute path stays as is
+    if not _discover.is_inside(final, dst_real) or final == dst_real:
+        raise ValueError(
+            f"dataset {dataset!r} is outside DST ({dst_real}): allcores images writes only "
+            "inside DST. Give a name relative to DST (e.g. train.npz) and move the file "
+            "afterwards if it must live elsewhere."
+        )
+    folder_rel = os.path.relpath(os.path.dirname(final), dst_real)
+    folder_rel = "" if folder_rel == "." else folder_rel.replace(os.sep, "/")
+    reason = _discover.DirMaker(dst_real, src_real).ensure(folder_rel)
+    if reason:
+        raise ValueError(f"cannot write the dataset {dataset!r}: {reason}")
+    if os.path.isdir(final):
+        raise ValueError(f"dataset {dataset!r} is a folder in DST: give a file name")
+    return final
+
+
 def process(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -346,6 +396,7 @@ def process(
     force: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    follow_links: bool = False,
 ) -> Summary:
     """Prepare every image under ``src`` into ``dst``, on every core; returns a :class:`Summary`.
 
@@ -360,12 +411,15 @@ def process(
             keeps each image's format (and file name).
         quality: JPEG and WebP quality (1-100).
         dataset: also write one uint8 ``N x H x W x C`` array (``.npy`` or ``.npz``; a relative
-            path is placed in ``dst``). Needs ``size``; rows are ``mode`` (RGB by default).
+            path is placed in ``dst``; a path outside ``dst`` is refused, since nothing is
+            written outside DST). Needs ``size``; rows are ``mode`` (RGB by default).
         workers: processes to use (default: every core).
         compare_serial: also time the same images on one core and report the speedup.
         force: redo every image, even those with a complete output.
         max_pixels: refuse larger images as decompression bombs.
         progress: show a progress bar on stderr.
+        follow_links: also read symbolic links under ``src`` whose target lies outside it;
+            by default they are listed as failures and not read.
 
     Images already done (output newer than the source, made with the same steps) are skipped;
     bad images are listed in ``summary.failures`` and in ``dst/allcores-failures.json``
@@ -398,28 +452,21 @@ def process(
 
         workers = allcores.cpu_count()
     os.makedirs(dst_real, exist_ok=True)
+    dataset_final = None
+    if dataset is not None:
+        dataset_final = _dataset_path(os.fspath(dataset), dst_real, src_real)
 
     manifest_path = os.path.join(dst_real, MANIFEST_FILE)
-    manifest = _load_manifest(manifest_path)
     settings = steps.settings()
-    # Existing outputs can be trusted when every one of them was made with these steps: the
-    # manifest says so, and still will if this run is interrupted. After a change of steps the
-    # manifest says "not trusted" until a run has redone everything.
-    trusted = manifest is None or (
-        manifest.get("settings") == settings and bool(manifest.get("resume"))
-    )
-    resume = trusted and not force
-    _write_json(manifest_path, {"settings": settings, "resume": trusted})
-
-    found = _discover.discover(src_real, exclude=[dst_real])
+    trusted, since_ns = _vouch(manifest_path, settings)
+    found = _discover.discover(src_real, exclude=[dst_real], follow_links=follow_links)
     plan = _plan(found, src_real, dst_real, steps, dataset is not None)
     _discover.sweep_temps(plan.folders)
 
     ds_plan = None
-    if dataset is not None:
-        final = os.path.join(dst_real, os.fspath(dataset))  # an absolute path stays as is
-        ds_plan = _dataset.create(final, plan.rels, steps.size, dataset_mode)
-    job = Job(steps, ds_plan.target if ds_plan else None, force=not resume)
+    if dataset_final is not None:
+        ds_plan = _dataset.create(dataset_final, plan.rels, steps.size, dataset_mode)
+    job = Job(steps, ds_plan.target if ds_plan else None, force=force, since_ns=since_ns)
     try:
         ran = _execute(job, plan, int(workers), progress)
     except BaseException:

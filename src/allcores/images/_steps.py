@@ -101,6 +101,18 @@ _FORMAT_MODES: dict[str, frozenset[str]] = {
 
 TEMP_SUFFIX = ".allcores-tmp"
 
+#: The only formats an input (or an existing output) is opened as, whatever its extension:
+#: the ones ``allcores images`` documents (camera JPEGs with a second frame, MPO, come
+#: through Pillow's JPEG reader). Pillow would otherwise pick any of its ~40 readers by
+#: content, so an EPS file saved as ``photo.jpg`` would reach Ghostscript, and rarely used
+#: decoders (the usual home of decoder CVEs) would read untrusted files.
+READ_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+
+
+def open_image(path: str | io.BytesIO) -> Image.Image:
+    """``Image.open`` limited to :data:`READ_FORMATS` (see there for why)."""
+    return Image.open(path, formats=READ_FORMATS)
+
 
 @dataclass(frozen=True)
 class Steps:
@@ -157,6 +169,9 @@ class Job:
     steps: Steps
     dataset: DatasetTarget | None = None
     force: bool = False
+    #: Existing outputs older than this (ns, the file system's clock) are redone: they were
+    #: made before the run that the manifest vouches for (see ``_run.process``). 0: any age.
+    since_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -347,13 +362,17 @@ def _save_params(fmt: str, quality: int) -> dict[str, Any]:
 # one image
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1-8), or 0 when there is none or it cannot be read."""
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 0) or 0)
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return 0
+
+
 def transform(img: Image.Image, steps: Steps, fmt: str) -> Image.Image:
     """Apply ``steps`` to an opened (not yet loaded) image; returns the image to encode."""
-    orientation = 0
-    try:
-        orientation = int(img.getexif().get(_ORIENTATION_TAG, 0) or 0)
-    except Exception:  # a broken EXIF block is no reason to refuse the pixels
-        orientation = 0
+    orientation = _orientation(img)
     transpose = _ORIENTATION_TRANSPOSE.get(orientation)
     turned = orientation in (5, 6, 7, 8)  # stored pixels are sideways to what is shown
 
@@ -431,29 +450,51 @@ def _icc_for(src_mode: str, out_mode: str, info: dict[str, Any]) -> bytes | None
     return profile if same else None
 
 
-def _is_complete(src: str, out: str) -> bool:
-    """An output counts as done when it is a non-empty regular file no older than its source.
+def _is_complete(src: str, out: str, steps: Steps, since_ns: int = 0) -> bool:
+    """An output counts as done when it is a non-empty regular file no older than its source,
+    in the format and of the size these steps make from that source.
 
     Outputs appear only by rename, so one that exists is whole; the age check redoes images
-    whose source was edited after the last run.
+    whose source was edited after the last run. The format and size checks (two header reads,
+    no decoding) keep an output of other steps from being skipped into this run, e.g. a
+    size-32 output left in DST without a manifest, which would otherwise be cropped into a
+    size-16 dataset.
     """
+    import stat
+
     try:
         out_stat = os.lstat(out)
         src_stat = os.stat(src)
     except OSError:
         return False
-    import stat
-
-    return (
+    if not (
         stat.S_ISREG(out_stat.st_mode)
         and out_stat.st_size > 0
-        and out_stat.st_mtime_ns >= src_stat.st_mtime_ns
-    )
+        and out_stat.st_mtime_ns >= max(src_stat.st_mtime_ns, since_ns)
+    ):
+        return False
+    try:
+        with warnings.catch_warnings(), _pixel_limit():
+            warnings.simplefilter("ignore")
+            with open_image(out) as made:
+                made_format, made_size = made.format, made.size
+            with open_image(src) as source:
+                shown = source.size
+                if _orientation(source) in (5, 6, 7, 8):
+                    shown = (shown[1], shown[0])
+    except Exception:  # unreadable either way: not complete, the image is redone (or fails)
+        return False
+    expected_format = output_format(src, steps)
+    if made_format != expected_format and {made_format, expected_format} != {"JPEG", "MPO"}:
+        return False
+    if steps.size is None:
+        return made_size == shown
+    return made_size == target_size(shown, steps.size, steps.resize)
 
 
 def _row_from_bytes(data: bytes | None, path: str | None, target: DatasetTarget) -> bytes:
     """Decode an output (from memory or disk) into its dataset row: what is on disk, exactly."""
-    with Image.open(io.BytesIO(data) if data is not None else path) as img:
+    with open_image(io.BytesIO(data) if data is not None else path) as img:
         img.load()
         img = _to_mode(_working_mode(img), target.mode)
         if img.size != (target.width, target.height):
@@ -468,7 +509,7 @@ def _write_row(target: DatasetTarget, row: int, pixels: bytes) -> None:
     """Write one row straight into the dataset file: no copy travels through the parent."""
     if len(pixels) != target.row_bytes:
         raise ValueError(f"dataset row is {len(pixels)} bytes, expected {target.row_bytes}")
-    fd = os.open(target.path, os.O_WRONLY)
+    fd = os.open(target.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.pwrite(fd, pixels, target.offset + row * target.row_bytes)
     finally:
@@ -482,7 +523,10 @@ def describe_error(exc: BaseException, src: str) -> str:
     if isinstance(exc, _EmptyError):
         return "empty file (0 bytes)"
     if isinstance(exc, UnidentifiedImageError):
-        return "not an image, or a format Pillow cannot read"
+        return (
+            "not an image in a format allcores images reads (JPEG, PNG, WebP, TIFF, BMP, "
+            "GIF); other formats are refused whatever the file's extension"
+        )
     if isinstance(exc, _WriteError):
         return f"cannot write the output: {exc}"
     if isinstance(exc, _EncodeError):
@@ -533,7 +577,7 @@ def process_one(job: Job, item: Item) -> Outcome:
     """Do one image. Never raises for a bad image; returns its :class:`Outcome`."""
     steps = job.steps
     try:
-        if not job.force and _is_complete(item.src, item.out):
+        if not job.force and _is_complete(item.src, item.out, steps, job.since_ns):
             if job.dataset is not None and item.row >= 0:
                 _write_row(job.dataset, item.row, _row_from_bytes(None, item.out, job.dataset))
             return Outcome(item.index, "skipped")
@@ -544,7 +588,7 @@ def process_one(job: Job, item: Item) -> Outcome:
             warnings.simplefilter("ignore")
             if os.stat(item.src).st_size == 0:
                 raise _EmptyError()
-            with Image.open(item.src) as img:
+            with open_image(item.src) as img:
                 w, h = img.size
                 if w * h > steps.max_pixels:
                     raise _BombError(

@@ -1,7 +1,8 @@
 """``limit(name, n)``: at most ``n`` holders of a name at once, across every process.
 
-A name maps to a directory of lock files (``<tmp>/allcores-<uid>/limits/<name>-<hash>/``) that any
-process can open, whatever started it, so no handle has to travel with the task: the name is the
+A name maps to a directory of lock files (``$XDG_RUNTIME_DIR/allcores/limits/<name>-<hash>/``, or
+``<tmp>/allcores-<uid>/limits/...`` where that variable is not set) that any process of this user
+can open, whatever started it, so no handle has to travel with the task: the name is the
 handle. Holding the limit means holding an exclusive ``flock`` on one of ``n`` slot files. The
 kernel drops a dead process's flocks, so a worker killed mid-task (SIGKILL, a task timeout, the
 OOM killer) gives its slot back at once; a semaphore would lose that count for good.
@@ -18,6 +19,13 @@ Waiting, without polling::
 The gate holder opens the FIFO *before* re-trying the slots, so a release can never slip between
 its last try and its wait. The files are tiny and reused; they carry no state of their own (the
 locks live in the kernel), so a file left by a crashed program is harmless.
+
+On a shared machine the folders are the attack surface (``/tmp`` is everyone's): another user
+who creates ``/tmp/allcores-<uid>`` first could plant links (making us create files of their
+choice) or hold the slot locks (making us wait forever). So every folder on the way is created
+0700 and checked with ``lstat`` (a real folder, owned by us, no group/other write bit) before
+use, and every file is opened with ``O_NOFOLLOW``; a folder that fails the check is a
+:class:`~allcores.errors.ForeignObjectError`, never used.
 """
 
 from __future__ import annotations
@@ -28,21 +36,77 @@ import hashlib
 import os
 import re
 import select
+import stat
 import tempfile
 import threading
+
+from allcores.errors import ForeignObjectError
 
 __all__ = ["limit"]
 
 # Where the lock files live; set it to share (or separate) limits between programs.
 LIMIT_DIR_ENV = "ALLCORES_LIMIT_DIR"
-_O = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+_O = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _checked_dir(path: str, *, private: bool = True) -> str:
+    """Create ``path`` (0700) if missing, then make sure it is ours: a real folder (not a link),
+    owned by this user, with no group/other write bit (``private``: mode 0700, fixed if it
+    only lets others read).
+
+    Checked on every acquire (a mkdir and an lstat per level, a few microseconds): a folder
+    removed meanwhile is simply made again.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    euid = os.geteuid()
+    problem = ""
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a folder"
+    elif st.st_uid != euid:
+        problem = f"belongs to uid {st.st_uid}, not to you (uid {euid})"
+    elif st.st_mode & 0o022:
+        # someone else may have planted files in it already: refuse rather than repair
+        problem = f"has mode {stat.S_IMODE(st.st_mode):o}: other users may write in it"
+    if problem:
+        raise ForeignObjectError(
+            f"allcores.limit: the folder {path!r} {problem}, so other users could plant files "
+            f"there or hold its locks. Remove it (or chmod 700 it if it is yours), or set "
+            f"{LIMIT_DIR_ENV} to a folder of your own."
+        )
+    if private and st.st_mode & 0o077:
+        # ours, readable by others (made 0755 by an earlier version's makedirs): only
+        # fix the mode, nobody else could write in it
+        os.chmod(path, 0o700)
+    return path
 
 
 def _base_dir() -> str:
+    """The folder that holds every limit's folder (created and checked on the way)."""
     base = os.environ.get(LIMIT_DIR_ENV)
-    if not base:
-        base = os.path.join(tempfile.gettempdir(), f"allcores-{os.getuid()}", "limits")
-    return base
+    if base:
+        if not os.path.isabs(base):
+            # A relative path would mean another folder for every process whose working
+            # directory differs: the "same" limit would not be shared.
+            raise ValueError(
+                f"the environment variable {LIMIT_DIR_ENV}={base!r} must be an absolute path "
+                f"(e.g. {os.path.abspath(base)!r})"
+            )
+        # The user's choice: it may be shared by their programs, so only group/other write
+        # is refused (that is what would let someone else plant files in it).
+        return _checked_dir(base, private=False)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        # per user, 0700, on tmpfs, emptied at logout: the place for such files
+        top = _checked_dir(os.path.join(runtime, "allcores"))
+    else:
+        top = _checked_dir(os.path.join(tempfile.gettempdir(), f"allcores-{os.geteuid()}"))
+    return _checked_dir(os.path.join(top, "limits"))
 
 
 def _limit_dir(name: str) -> str:
@@ -76,7 +140,7 @@ class limit:  # lower case: it reads like a function, ``with allcores.limit("dis
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"limit n must be an int >= 1, got {n!r}")
         self.name, self.n = name, n
-        self._dir = _limit_dir(name)
+        self._dir = ""  # found (and checked) on each acquire, in the process that uses it
         self._held: list[int] = []
         self._mutex = threading.Lock()
 
@@ -88,6 +152,11 @@ class limit:  # lower case: it reads like a function, ``with allcores.limit("dis
 
     def _path(self, leaf: str) -> str:
         return os.path.join(self._dir, leaf)
+
+    def _ensure_dir(self) -> None:
+        # every level on the way, checked again on each acquire: a few microseconds, and a
+        # folder removed meanwhile (rm -rf /tmp/allcores-*) is simply made again
+        self._dir = _checked_dir(_limit_dir(self.name))
 
     def _try_slots(self) -> int | None:
         for i in range(self.n):
@@ -105,7 +174,7 @@ class limit:  # lower case: it reads like a function, ``with allcores.limit("dis
 
     def acquire(self) -> None:
         """Wait for a free place and take it (``with`` does this for you)."""
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        self._ensure_dir()
         fd = self._try_slots()
         if fd is None:
             fd = self._wait()
@@ -122,7 +191,7 @@ class limit:  # lower case: it reads like a function, ``with allcores.limit("dis
         try:
             fcntl.flock(gate, fcntl.LOCK_EX)  # one waiter at a time watches the slots
             # O_RDWR: the FIFO always has a writer (us), so select() blocks instead of seeing EOF
-            fifo = os.open(wake, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            fifo = os.open(wake, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 while True:
                     fd = self._try_slots()
@@ -146,7 +215,9 @@ class limit:  # lower case: it reads like a function, ``with allcores.limit("dis
             fd = self._held.pop()
         os.close(fd)
         try:
-            w = os.open(self._path("wake"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            w = os.open(
+                self._path("wake"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+            )
         except OSError as e:
             if e.errno in (errno.ENXIO, errno.ENOENT):  # nobody is waiting
                 return
@@ -154,6 +225,11 @@ class limit:  # lower case: it reads like a function, ``with allcores.limit("dis
         try:
             os.write(w, b"x")
         except BlockingIOError:  # the FIFO is full of wake-ups already
+            pass
+        except BrokenPipeError:
+            # The waiter that had the FIFO open found a free slot and closed it between our
+            # open and our write (the flake seen in test_limit_bounds_concurrency_across_
+            # processes): nobody is waiting any more, so there is nobody to wake.
             pass
         finally:
             os.close(w)
