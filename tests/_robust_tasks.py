@@ -60,10 +60,11 @@ def fork_helper_then(path, action="exit", session=False):
         time.sleep(1)
 
 
-def bytes_after_gate(x, gate=None, size=20_000):
-    """Item 0 waits until ``gate`` (an allcores.Event) is set; the others return ``size`` bytes."""
+def bytes_after_gate(x, gate=None, size=20_000, wait=3.0):
+    """Item 0 waits until ``gate`` (an allcores.Event) is set, at most ``wait`` seconds; every
+    item returns ``size`` bytes."""
     if x == 0 and gate is not None:
-        gate.wait(30)
+        gate.wait(wait)
     return b"x" * size
 
 

@@ -5,12 +5,15 @@ Each case here stopped (or froze) the whole pool before the engine's second pass
 
 from __future__ import annotations
 
+import functools
+
 import psutil
 import pytest
 
 import allcores
 from _robust_tasks import (
     OddNotes,
+    bytes_after_gate,
     exit_on_load_at,
     fork_helper_then,
     identity,
@@ -158,3 +161,37 @@ def test_a_worker_stalled_mid_message_freezes_neither_the_manager_nor_other_time
         with pytest.raises(allcores.TaskTimeoutError):
             stalled.get(timeout=40)  # its own timeout ends it; the half message is dropped
         assert pool.map(identity, range(4)) == [0, 1, 2, 3]
+
+
+# -- 3. ordered imap behind a slow item holds a bounded number of bytes --------------------------
+
+
+@pytest.mark.parametrize("facade", ["pool", "oneliner"])
+def test_ordered_imap_holds_bounded_bytes_behind_a_slow_item(facade):
+    """Item 0 waits on a gate; every other item returns 20 kB. The input must stop being read
+    once about ``max_held_bytes`` of results wait behind item 0. If it reads too far (the bound
+    failed), the generator opens the gate itself so the test ends, and the count shows it."""
+    size, bound = 20_000, 1 << 20
+    limit = 2 * bound // size + 10  # held and in flight within the bound, plus one chunk
+    gate = allcores.Event()
+    read = 0
+
+    def items():
+        nonlocal read
+        for i in range(3000):
+            read += 1
+            if read > limit:
+                gate.set()
+            yield i
+
+    with allcores.Pool(2) as pool:
+        if facade == "pool":
+            it = pool.imap(functools.partial(bytes_after_gate, gate=gate, size=size), items(),
+                           max_held_bytes=bound)
+        else:
+            it = allcores.imap(functools.partial(bytes_after_gate, gate=gate, size=size),
+                               items(), workers=2, max_held_bytes=bound)
+        first = next(it)  # item 0 ends when its wait on the gate times out (3 s)
+        assert len(first) == size
+        assert read <= limit, f"read {read} items ahead of a slow one (limit {limit})"
+        assert sum(len(v) for v in it) == 2999 * size  # then everything arrives, in order

@@ -121,18 +121,22 @@ def imap(
     retry_on: tuple[type[BaseException], ...] = (),
     on_error: OnError = "raise",
     star: bool = False,
+    max_held_bytes: int | None = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but yields results as they arrive, reading the input lazily.
 
     Memory stays flat whatever the input's length: only a bounded number of items are in
-    flight or waiting to be consumed. Stopping early (``break``) stops feeding the workers.
+    flight or waiting to be consumed, and in order (``ordered=True``) the results that finish
+    behind a slow item are held up to ``max_held_bytes`` (default 64 MiB) before the input
+    waits. Stopping early (``break``) stops feeding the workers.
 
     >>> import allcores
     >>> sorted(allcores.imap(str.upper, ["a", "b"], ordered=False))
     ['A', 'B']
     """
     pool = _pool(workers)
-    options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize)
+    options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize,
+                            max_held_bytes)
     it = pool._iter(fn, iterable, CALL_STAR if star else CALL_ONE, ordered, options)
     return _guarded(pool, it)
 

@@ -151,11 +151,11 @@ class Pool:
     # -- the door to the engine: every method (and allcores.map/imap) goes through these ------
 
     def _options(self, timeout=None, retries=None, retry_on=None, on_error=None, progress=None,
-                 chunksize=None) -> TaskOptions:
+                 chunksize=None, max_held_bytes=None) -> TaskOptions:
         """The pool's options with this call's keywords (None: the pool's default)."""
         return self._engine.options.merged(
             item_timeout=timeout, retries=retries, retry_on=retry_on, on_error=on_error,
-            progress=progress, chunksize=chunksize,
+            progress=progress, chunksize=chunksize, max_held_bytes=max_held_bytes,
         )
 
     def _async(self, fn, iterable, mode, options, callback=None, error_callback=None,
@@ -226,12 +226,15 @@ class Pool:
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
              chunksize: int | None = None, *, timeout: float | None = None,
              retries: int | None = None, retry_on=None, on_error: str | None = None,
-             progress: Any = False) -> IMapIterator:
+             progress: Any = False, max_held_bytes: int | None = None) -> IMapIterator:
         """Results in input order, each as soon as it and those before it are done.
 
-        The input is read lazily, with a bounded number of items in flight.
+        The input is read lazily, with a bounded number of items in flight. Results that finish
+        behind a slow item wait for it in memory: past ``max_held_bytes`` of them (default
+        64 MiB) no more input is read until the slow item is done.
         """
-        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
+        options = self._options(timeout, retries, retry_on, on_error, progress, chunksize,
+                                max_held_bytes)
         return self._iter(func, iterable, CALL_ONE, True, options)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],

@@ -268,7 +268,7 @@ class Job:
         self.on_error: OnError = options.on_error
         self.policy = options.policy()
         self.item_timeout = options.item_timeout  # seconds one item may run, or None
-        self.held_bytes = options.held_bytes
+        self.max_held_bytes = options.max_held_bytes
         self.on_dispatch = on_dispatch
         # A timed item must start as soon as it is sent, so the clock is right: one item a chunk.
         self.sizer = ChunkSizer(workers, 1 if self.item_timeout is not None else options.chunksize)
@@ -278,7 +278,10 @@ class Job:
         self.delayed: list[tuple[float, Chunk]] = []  # retries waiting out their backoff
         # The manager's set of jobs with retries waiting, so its timers look at those alone.
         self.retrying: set[Job] | None = None
-        self.in_flight = 0
+        self.in_flight = 0  # chunks
+        self.in_flight_items = 0
+        self._result_bytes = 0  # bytes of answers received, and the items they answered for:
+        self._result_items = 0  # the size of a result, for the memory bound of ordered imap
         self.failures: list[Failure] = []
         self.finished = False
         self._seq: Sequence | None = None
@@ -313,8 +316,45 @@ class Job:
         if self.in_flight + self.sink.unconsumed() >= self.max_outstanding:
             return False
         # Results held back behind a slow item wait in memory; a list (map) keeps them anyway,
-        # an iterator (imap) bounds them so memory stays flat.
-        return not self.sink.bounded or self.reorder.buffered_items < MAX_REORDER_ITEMS
+        # an iterator (imap) bounds them, by count and by bytes, so memory stays flat.
+        if not self.sink.bounded:
+            return True
+        if self.reorder.buffered_items >= MAX_REORDER_ITEMS:
+            return False
+        room = self._room_for_items()
+        return room is None or room >= 1
+
+    def _bytes_per_item(self) -> float | None:
+        return self._result_bytes / self._result_items if self._result_items else None
+
+    def _room_for_items(self) -> int | None:
+        """How many more items an ordered iterator may read while results are held back behind
+        a slow item: those held and those in flight stay within ``max_held_bytes``. None: no
+        bound applies (nothing held back, unordered, or no result seen yet)."""
+        if not self.reorder.ordered or not self.reorder.buffered_items:
+            return None
+        per_item = self._bytes_per_item()
+        if not per_item:
+            return None
+        held = (self.reorder.buffered_items + self.in_flight_items) * per_item
+        return int((self.max_held_bytes - held) // per_item)
+
+    def _max_chunk_items(self) -> int | None:
+        """Items whose results fit one chunk's share of ``max_held_bytes`` (bounded sinks)."""
+        per_item = self._bytes_per_item()
+        if not self.sink.bounded or not per_item:
+            return None
+        share = self.max_held_bytes / max(1, self.max_outstanding)
+        room = self._room_for_items()
+        items = int(share // per_item)
+        if room is not None:
+            items = min(items, room)
+        return max(1, items)
+
+    def note_answer_bytes(self, nbytes: int, items: int) -> None:
+        """An answer of ``nbytes`` (pickled, shared memory included) came for ``items`` items."""
+        self._result_bytes += nbytes
+        self._result_items += items
 
     def next_chunk(self, budget: float | None = None) -> Chunk | None:
         """The next chunk to send, or None when there is nothing to send now.
@@ -330,6 +370,9 @@ class Job:
             return None
         remaining = None if self.total is None else self.total - self.next_index
         size = self.sizer.next_size(remaining, budget) if remaining is None or remaining > 0 else 1
+        cap = self._max_chunk_items()
+        if cap is not None:
+            size = min(size, cap)
         start = self.next_index
         items: Sequence[Any]
         if isinstance(self._seq, range):
@@ -399,12 +442,14 @@ class Job:
     def sent(self, chunk: Chunk, now: float) -> None:
         """``chunk`` went to a worker: it counts as in flight, and its clock starts."""
         self.in_flight += 1
+        self.in_flight_items += len(chunk.items)
         if self.item_timeout is not None:
             chunk.deadline = now + self.item_timeout
 
     def returned(self, chunk: Chunk) -> None:
         """``chunk`` is back (answered, or its worker died): no longer in flight."""
         self.in_flight -= 1
+        self.in_flight_items -= len(chunk.items)
         chunk.deadline = None
 
     def release_due(self, now: float) -> bool:

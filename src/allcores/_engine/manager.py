@@ -676,6 +676,9 @@ class Manager:
                     self._job_broke(chunk.job, exc)
         else:
             answers = [(chunks[0], message)]
+            chunks[0].job.note_answer_bytes(  # for the memory bound of ordered imap
+                len(data) + shm.segment_bytes(data), len(chunks[0].items)
+            )
         for chunk, answer in answers:
             try:
                 self._answered(handle, chunk, answer, now)

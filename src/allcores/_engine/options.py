@@ -44,7 +44,7 @@ class TaskOptions:
         backoff: seconds before the first retry, doubling with each further attempt.
         progress: False, True (a bar) or an object with ``update(n)`` and ``close()``.
         chunksize: items per message, or None to size chunks adaptively ("auto").
-        held_bytes: how many bytes of finished results an ordered ``imap`` may hold behind a
+        max_held_bytes: how many bytes of results an ordered ``imap`` may hold behind a
             slow item before it stops reading input.
     """
 
@@ -55,7 +55,7 @@ class TaskOptions:
     backoff: float = 0.05
     progress: Any = False
     chunksize: int | None = None
-    held_bytes: int = DEFAULT_HELD_BYTES
+    max_held_bytes: int = DEFAULT_HELD_BYTES
 
     def __post_init__(self) -> None:
         timeout = self.item_timeout
@@ -96,9 +96,9 @@ class TaskOptions:
             isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
         ):
             raise ValueError(f"chunksize must be a positive integer or 'auto', got {chunksize!r}")
-        held = self.held_bytes
+        held = self.max_held_bytes
         if isinstance(held, bool) or not isinstance(held, int) or held < 1:
-            raise ValueError(f"held_bytes must be a positive number of bytes, got {held!r}")
+            raise ValueError(f"max_held_bytes must be a positive number of bytes, got {held!r}")
         progress = self.progress
         if progress not in (None, False, True) and not (
             hasattr(progress, "update") and hasattr(progress, "close")

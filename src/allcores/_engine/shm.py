@@ -615,6 +615,14 @@ def segments_of(data: bytes | memoryview) -> list[str]:
     return [name for name, _, _ in entries]
 
 
+def segment_bytes(data: bytes | memoryview) -> int:
+    """How many bytes of shared memory a packed message refers to (0 for a plain pickle)."""
+    if not is_shm_message(data):
+        return 0
+    entries, _, _ = _parse(memoryview(data))
+    return sum(size for _, size, _ in entries)
+
+
 def _parse(view: memoryview) -> tuple[list[tuple[str, int, int]], int, int]:
     _, count, flags = _HEAD.unpack_from(view, 0)
     pos = _HEAD.size
