@@ -6,6 +6,8 @@ Each case here stopped (or froze) the whole pool before the engine's second pass
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 
 import psutil
 import pytest
@@ -195,3 +197,15 @@ def test_ordered_imap_holds_bounded_bytes_behind_a_slow_item(facade):
         assert len(first) == size
         assert read <= limit, f"read {read} items ahead of a slow one (limit {limit})"
         assert sum(len(v) for v in it) == 2999 * size  # then everything arrives, in order
+
+
+@pytest.mark.timeout(30)  # the old engine deadlocked here, forever
+def test_a_map_run_during_an_import_returning_that_modules_instances_does_not_deadlock():
+    allcores.map(identity, [1], workers=1)  # the shared pool's worker exists before the import
+    sys.modules.pop("_maps_at_import", None)
+    try:
+        module = importlib.import_module("_maps_at_import")
+        assert [p.x for p in module.POINTS] == [0, 1, 2, 3]
+        assert all(type(p) is module.Point for p in module.POINTS)
+    finally:
+        sys.modules.pop("_maps_at_import", None)

@@ -649,7 +649,7 @@ class Manager:
 
     def _on_message(self, handle: WorkerHandle, data: bytes) -> None:
         try:
-            message = shm.unpack(data)
+            message = shm.unpack(data, no_import_wait=True)  # see _NoImportWaitUnpickler
         except BaseException as exc:  # a result's own code ran here, and may raise anything
             message = exc
         if isinstance(message, InitFailed):

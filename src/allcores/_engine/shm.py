@@ -657,16 +657,50 @@ class _ShmUnpickler(pickle.Unpickler):
         return mv.toreadonly() if readonly else mv
 
 
-def unpack(data: bytes | bytearray | memoryview, keep: list | None = None) -> Any:
+class _NoImportWaitUnpickler(pickle.Unpickler):
+    """Finds classes in modules already in ``sys.modules`` without ``__import__``.
+
+    ``__import__`` of a module that another thread is importing waits for that import to end.
+    The manager thread unpickles results while the caller's thread may be importing the very
+    module whose classes the results are instances of (a module that runs a map at import
+    time), and that thread is waiting for the results: a deadlock on the import lock. A module
+    in ``sys.modules``, even half-imported, is read as it is; only a module not imported at all
+    is imported (then nobody can be importing it and holding its lock while waiting on us).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        loaded = sys.modules.get(module)
+        if loaded is None:
+            return super().find_class(module, name)
+        found: Any = loaded
+        for part in name.split("."):
+            found = getattr(found, part)
+        return found
+
+
+class _NoImportWaitShmUnpickler(_NoImportWaitUnpickler, _ShmUnpickler):
+    pass
+
+
+def unpack(
+    data: bytes | bytearray | memoryview,
+    keep: list | None = None,
+    *,
+    no_import_wait: bool = False,
+) -> Any:
     """Rebuild an object packed by :func:`pack`, mapping its segments without copying.
 
     Arrays and memoryviews that came through shared memory are views on a private mmap of their
     segment (writable, unless the sender's buffer was read-only); the segment's name is unlinked
     as soon as it is mapped, so the memory is freed when the last view goes away. With ``keep``
     (a list), segments their sender marked for recycling keep their name and their maps go into
-    ``keep``; pass it to :func:`release_kept` once the objects are gone.
+    ``keep``; pass it to :func:`release_kept` once the objects are gone. With
+    ``no_import_wait`` classes are found without waiting on an import in progress (the
+    manager's results; see :class:`_NoImportWaitUnpickler`).
     """
     if not is_shm_message(data):
+        if no_import_wait:
+            return _NoImportWaitUnpickler(io.BytesIO(data)).load()
         return pickle.loads(data)
     view = memoryview(data)
     entries, pos, flags = _parse(view)
@@ -697,8 +731,11 @@ def unpack(data: bytes | bytearray | memoryview, keep: list | None = None) -> An
         raise
     payload = view[pos:]
     if not flags & _FLAG_PERSISTENT:
+        if no_import_wait:
+            return _NoImportWaitUnpickler(io.BytesIO(payload), buffers=buffers).load()
         return pickle.loads(payload, buffers=buffers)  # numpy & co only: the C fast path
-    return _ShmUnpickler(io.BytesIO(payload), objs, buffers=buffers).load()
+    unpickler = _NoImportWaitShmUnpickler if no_import_wait else _ShmUnpickler
+    return unpickler(io.BytesIO(payload), objs, buffers=buffers).load()
 
 
 if sys.platform != "linux":  # pragma: no cover - documented: the data plane is Linux-only
