@@ -209,3 +209,18 @@ def test_a_map_run_during_an_import_returning_that_modules_instances_does_not_de
         assert all(type(p) is module.Point for p in module.POINTS)
     finally:
         sys.modules.pop("_maps_at_import", None)
+
+
+def test_an_odd_result_in_a_batch_of_tiny_jobs_fails_only_its_own_job():
+    """Tiny apply_async jobs share messages; one result that will not unpickle must fail its
+    own AsyncResult, and every other job of the same message must still get its value."""
+    with allcores.Pool(1) as pool:
+        for _ in range(20):  # learn the cost, so the jobs below are batched
+            pool.apply(exit_on_load_at, (1,))
+        results = [pool.apply_async(exit_on_load_at, (i % 50,)) for i in range(200)]
+        for i, result in enumerate(results):
+            if i % 50 == 2:
+                with pytest.raises(allcores.errors.ResultPicklingError, match="SystemExit"):
+                    result.get(timeout=30)
+            else:
+                assert result.get(timeout=30) == i % 50

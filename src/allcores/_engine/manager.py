@@ -674,6 +674,13 @@ class Manager:
                 answers = []
                 for chunk in chunks:
                     self._job_broke(chunk.job, exc)
+        elif isinstance(message, BaseException) and len(chunks) > 1:
+            # A batch's answer would not unpickle: one of its results is odd, but which? Each
+            # part runs again alone (as after a crash), so only the odd one fails.
+            answers = []
+            for chunk in reversed(chunks):
+                if not chunk.job.finished:
+                    chunk.job.isolate(chunk)
         else:
             answers = [(chunks[0], message)]
             chunks[0].job.note_answer_bytes(  # for the memory bound of ordered imap
