@@ -20,7 +20,7 @@ from allcores._engine import shm
 
 
 def segments(pid: int | None = None) -> set[str]:
-    prefix = f"{shm.SEGMENT_PREFIX}{os.getpid() if pid is None else pid}-"
+    prefix = f"{shm.SEGMENT_PREFIX}{shm.identity()}-{os.getpid() if pid is None else pid}-"
     return {n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)}
 
 
@@ -235,7 +235,7 @@ def test_workers_keep_one_map_per_share_and_drop_it_once_closed():
         h.close()
         assert pool.apply(forget_and_count, (0,)) == 0  # closed: let go
         with pytest.raises(FileNotFoundError, match="closed it or exited"):
-            pool.apply(map_id, (SharedArray(h.name, h.dtype, h.shape, False, os.getpid()),))
+            pool.apply(map_id, (SharedArray(h.name, h.dtype, h.shape, False, os.getpid(), h._secret),))
 
 
 def test_forked_child_dropping_an_inherited_handle_does_not_unlink():

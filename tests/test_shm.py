@@ -20,7 +20,7 @@ MiB = 1 << 20
 
 def segments(pid: int | None = None) -> set[str]:
     """This process's (or ``pid``'s) segments now in /dev/shm."""
-    prefix = f"{shm.SEGMENT_PREFIX}{os.getpid() if pid is None else pid}-"
+    prefix = f"{shm.SEGMENT_PREFIX}{shm.identity()}-{os.getpid() if pid is None else pid}-"
     return {n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)}
 
 
@@ -58,7 +58,7 @@ def test_small_message_is_a_plain_pickle():
 def test_big_array_goes_through_one_segment_and_is_unlinked_when_mapped():
     arr = np.arange(MiB, dtype=np.float64)  # 8 MiB
     data, names = shm.pack({"x": arr})
-    assert len(names) == 1 and names[0].startswith(f"allcores-{os.getpid()}-")
+    assert len(names) == 1 and names[0].startswith(f"allcores-{shm.identity()}-{os.getpid()}-")
     assert len(data) < 1000  # the array did not go in-band
     assert names[0] in segments()
     assert shm.segments_of(data) == names

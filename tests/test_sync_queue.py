@@ -265,7 +265,7 @@ def test_closed_owner_queue_cannot_travel_but_holders_keep_it():
     q.put("kept")
     q.close()  # removes the names; this process's mapping stays valid
     with pytest.raises(allcores.sync.NameGoneError):
-        _resources.open_shm(q._ring_name)
+        _resources.open_shm(q._ring_name, q._secret)
     assert pickle.loads(data) is q  # same process: the registry still has it
 
 

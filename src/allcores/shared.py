@@ -29,6 +29,11 @@ Rules:
   Ctrl-C) unlinks the name; views already made stay valid until dropped. A worker crash never
   leaks a segment (workers only map, never own). If the owner is SIGKILLed, the next pool start
   removes the segment (``sweep_stale``). Works under fork, spawn and forkserver alike.
+* **Only the share its handle names.** A handle carries a random secret that the segment
+  holds after the array's bytes; mapping checks that the segment is this user's, private
+  (no group/other permission bit) and ends with that secret. A segment someone else made at
+  a released name (another user, another container, a recycled pid) is refused with
+  :class:`~allcores.errors.ForeignObjectError`, never mapped (docs/security.md).
 * **Workers keep their map** of a share between tasks (up to 8 shares, most recent first), so
   repeated maps over one share pay the page-table cost once. A worker lets go of a closed
   share's memory the next time it attaches any share, goes idle, or exits.
@@ -37,8 +42,10 @@ Rules:
 from __future__ import annotations
 
 import collections
+import hmac
 import mmap
 import os
+import secrets
 import sys
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -50,8 +57,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SharedArray", "share"]
 
-# Segments of shares are named allcores-<pid>-s<n> (transport messages: allcores-<pid>-<n>).
+# Segments of shares are named allcores-<uid>-<pidns>-<pid>-s<n> (transport messages: ...-<n>).
 _SHARE_TAG = "s"
+# The segment holds the array's bytes, then this many bytes of the handle's random secret.
+_SECRET_BYTES = 16
 
 # Maps kept open in this process, most recently used last, so that every task a worker runs
 # on the same share reuses one map and its page tables: re-mapping a share per task costs a
@@ -137,6 +146,7 @@ class SharedArray:
         "_map",
         "_name",
         "_owner_pid",
+        "_secret",
         "_shape",
         "_writable",
     )
@@ -148,10 +158,12 @@ class SharedArray:
         shape: tuple[int, ...],
         writable: bool,
         owner_pid: int,
+        secret: bytes,
         owns: bool = False,
     ) -> None:
         # Private: use share(), SharedArray.empty() or SharedArray.zeros().
         self._name = name
+        self._secret = secret
         self._dtype = dtype  # a numpy dtype, or None for a share of bytes
         self._shape = tuple(shape)
         self._writable = writable
@@ -186,9 +198,16 @@ class SharedArray:
             raise TypeError(_OBJECT_DTYPE_MSG.format(dt))
         shp = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
         nbytes = int(np.prod(shp, dtype=np.int64)) * dt.itemsize
-        name, fd = shm.new_segment(nbytes, tag=_SHARE_TAG)
-        os.close(fd)
-        return cls(name, dt, shp, writable, os.getpid(), owns=True)
+        name, fd = shm.new_segment(nbytes + _SECRET_BYTES, tag=_SHARE_TAG)
+        secret = secrets.token_bytes(_SECRET_BYTES)
+        try:
+            os.pwrite(fd, secret, nbytes)
+        except BaseException:
+            shm.discard([name])
+            raise
+        finally:
+            os.close(fd)
+        return cls(name, dt, shp, writable, os.getpid(), secret, owns=True)
 
     @classmethod
     def zeros(
@@ -248,7 +267,8 @@ class SharedArray:
             forget_closed_maps()
             try:
                 fd = os.open(
-                    shm.segment_path(self._name), os.O_RDWR if self._writable else os.O_RDONLY
+                    shm.segment_path(self._name),
+                    (os.O_RDWR if self._writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC,
                 )
             except FileNotFoundError:
                 raise FileNotFoundError(
@@ -256,7 +276,14 @@ class SharedArray:
                     f"{self._owner_pid}) closed it or exited. Keep the handle open (e.g. a "
                     "`with` block around the map) until every task that uses it has finished."
                 ) from None
+            except OSError as exc:  # ELOOP: a link planted at the name
+                raise shm.foreign_error(self._name, "shared array") from exc
             try:
+                # ours, private, and the very share this handle names (not a segment made
+                # at the name after the owner closed it): one fstat and one pread per map
+                shm.check_owner(fd, self._name, "shared array")
+                if not hmac.compare_digest(os.pread(fd, _SECRET_BYTES, nbytes), self._secret):
+                    raise shm.foreign_error(self._name, "shared array")
                 access = mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ
                 mm = mmap.mmap(fd, nbytes, access=access)
                 ino = os.fstat(fd).st_ino
@@ -342,14 +369,17 @@ class SharedArray:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         if self._closed:
             raise ValueError(f"cannot send closed SharedArray {self._name!r} to a task")
-        return (_attach, (self._name, self._dtype, self._shape, self._writable, self._owner_pid))
+        return (
+            _attach,
+            (self._name, self._dtype, self._shape, self._writable, self._owner_pid, self._secret),
+        )
 
 
 def _attach(
-    name: str, dtype: Any, shape: tuple[int, ...], writable: bool, owner_pid: int
+    name: str, dtype: Any, shape: tuple[int, ...], writable: bool, owner_pid: int, secret: bytes
 ) -> SharedArray:
     # Mapping is lazy: a task that receives a handle but never reads it costs no syscall.
-    return SharedArray(name, dtype, shape, writable, owner_pid)
+    return SharedArray(name, dtype, shape, writable, owner_pid, secret)
 
 
 _OBJECT_DTYPE_MSG = (
@@ -391,9 +421,11 @@ def share(obj: Any, writable: bool = False) -> SharedArray:
             "automatically)."
         )
     name, fd = shm.new_segment(tag=_SHARE_TAG)
+    secret = secrets.token_bytes(_SECRET_BYTES)
     try:
         try:
             shm.write_all(fd, flat)
+            shm.write_all(fd, memoryview(secret))
         finally:
             os.close(fd)
     except OSError as exc:
@@ -402,4 +434,4 @@ def share(obj: Any, writable: bool = False) -> SharedArray:
     except BaseException:
         shm.discard([name])
         raise
-    return SharedArray(name, dtype, shape, writable, os.getpid(), owns=True)
+    return SharedArray(name, dtype, shape, writable, os.getpid(), secret, owns=True)

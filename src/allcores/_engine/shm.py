@@ -9,8 +9,8 @@ copied once into a fresh segment in ``/dev/shm``; only the segment names cross t
     ------                                 ----                          --------
     pack(obj)                                                            unpack(data)
       pickle protocol 5 ──> small buffers stay in-band
-                        └─> buffer >= SHM_THRESHOLD                        open + mmap + unlink
-                            os.write into /dev/shm/allcores-<pid>-<n>        │
+                        └─> buffer >= SHM_THRESHOLD                        open + check owner
+                            os.write into /dev/shm/allcores-<ident>-<n>      + mmap + unlink  │
       (data, [names]) ─────────────── header + pickle ────────────────>      └─> numpy array /
                                                                               memoryview on the map
 
@@ -24,6 +24,23 @@ process with :func:`sweep_stale`.
 We write the files ourselves (``os.open(O_CREAT | O_EXCL)``) instead of using
 ``multiprocessing.shared_memory``: its resource tracker prints leak warnings for segments that a
 different process unlinks, which is exactly the hand-over this transport does on every message.
+
+Names and other users (docs/security.md). ``/dev/shm`` is shared by every user of the machine,
+and by containers that mount the host's. A name is ``allcores-<uid>-<pidns>-<pid>-<tag><n>``:
+
+- ``uid`` (the effective one): users never collide, and a sweep only considers its own user's
+  names. Another user's leftovers are never touched (they could not be removed anyway: the
+  sticky bit says so, and a ``PermissionError`` there used to stop every pool).
+- ``pidns``: the inode of this process's pid namespace (``/proc/self/ns/pid``), in hex. "Is this
+  segment's creator dead?" is answered with ``kill(pid, 0)``, which only means something inside
+  one pid namespace: a container sharing ``/dev/shm`` has its own pid 1234. So a sweep only
+  judges names from its own namespace and leaves the others to their own runs. We chose this
+  over an owner-held ``flock``: transport segments are handed from process to process (the
+  creator closes its fd at once), so a lock would need one more file and fd per process, and
+  the name already carries everything the decision needs at no cost per message.
+- Every open of an existing name (a received segment, a recycled one) checks with ``fstat`` on
+  the fd it holds that the file is owned by this user and has no group/other permission bit;
+  anything else is a :class:`~allcores.errors.ForeignObjectError`, never data.
 """
 
 from __future__ import annotations
@@ -93,6 +110,62 @@ _PID_TAG = "allcores.shm"
 
 _counter = itertools.count()
 
+# Opening an existing segment never follows a symbolic link (someone else's, planted at a name).
+_O_EXISTING = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# --------------------------------------------------------------------------- names
+
+
+def pid_namespace() -> int:
+    """The inode of this process's pid namespace (0 where /proc does not say)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # pragma: no cover - not Linux, or /proc not mounted
+        return 0
+
+
+_ident_cache: list[Any] = [-1, -1, ""]  # pid, euid, "<uid>-<pidns>"
+
+
+def identity() -> str:
+    """``"<euid>-<pidns hex>"``: who may sweep a name, and in which pid namespace its pid counts.
+
+    Cached per process and effective uid (a forked child that calls setuid gets its own).
+    """
+    pid, euid = os.getpid(), os.geteuid()
+    cache = _ident_cache
+    if cache[0] != pid or cache[1] != euid:
+        # the namespace in hex: shorter, and no digit run that tools (or older test
+        # suites) would take for a pid
+        cache[:] = [pid, euid, f"{euid}-{pid_namespace():x}"]
+    return cache[2]
+
+
+def check_owner(fd: int, name: str, what: str = "shared-memory segment") -> os.stat_result:
+    """``fstat`` an fd we just opened by name: it must be ours and private, else
+    :class:`~allcores.errors.ForeignObjectError`. One syscall on an fd already held."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise foreign_error(name, what, st)
+    return st
+
+
+def foreign_error(name: str, what: str, st: os.stat_result | None = None) -> Exception:
+    from allcores.errors import ForeignObjectError
+
+    if st is None:
+        detail = "its secret does not match the handle that names it"
+    elif st.st_uid != os.geteuid():
+        detail = f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    else:
+        detail = f"its mode {st.st_mode & 0o777:o} lets other users in"
+    return ForeignObjectError(
+        f"refusing the {what} {name!r}: {detail}. The name was most likely released by its "
+        "owner and then created again by another user, container or process; nothing was "
+        "read from it (docs/security.md)."
+    )
+
 
 # --------------------------------------------------------------------------- segments
 
@@ -104,16 +177,19 @@ def segment_path(name: str) -> str:
 def new_segment(size: int = 0, *, tag: str = "") -> tuple[str, int]:
     """Create an empty segment (``size`` zero bytes) and return its name and an open fd.
 
-    Names are ``allcores-<pid>-<tag><n>``: the pid lets :func:`sweep` and :func:`sweep_stale`
-    find what a dead process left behind.
+    Names are ``allcores-<uid>-<pidns>-<pid>-<tag><n>`` (see the module docstring): they let
+    :func:`sweep` and :func:`sweep_stale` find what a dead process of this user, in this pid
+    namespace, left behind.
     """
-    pid = os.getpid()
+    prefix = f"{SEGMENT_PREFIX}{identity()}-{os.getpid()}-{tag}"
     while True:
         # pid + counter is unique among live processes; O_EXCL guards against a stale file left
-        # by an earlier process that had the same pid.
-        name = f"{SEGMENT_PREFIX}{pid}-{tag}{next(_counter)}"
+        # by an earlier process that had the same pid (or one planted by someone else).
+        name = f"{prefix}{next(_counter)}"
         try:
-            fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(
+                segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
         except FileExistsError:
             continue
         break
@@ -177,8 +253,9 @@ def _create_segment(data: memoryview) -> str:
 
 def _overwrite_segment(name: str, data: memoryview) -> None:
     """Copy ``data`` over the start of an existing segment, whose pages are already there."""
-    fd = os.open(segment_path(name), os.O_RDWR)
+    fd = os.open(segment_path(name), _O_EXISTING)
     try:
+        check_owner(fd, name)
         done = 0
         while done < len(data):
             n = os.pwrite(fd, data[done : done + _MAX_IO], done)
@@ -270,18 +347,26 @@ def _map_kept(name: str, size: int, kept: list) -> memoryview:
 def _unlink(name: str) -> None:
     try:
         os.unlink(segment_path(name))
-    except FileNotFoundError:
+    except OSError:  # gone already, or not ours to remove (the sticky bit of /dev/shm)
         pass
 
 
 def _open_received(name: str) -> int:
     try:
-        return os.open(segment_path(name), os.O_RDWR)
+        fd = os.open(segment_path(name), _O_EXISTING)
     except FileNotFoundError:
         raise RuntimeError(
             f"shared-memory segment {name!r} is gone before it was read: it was consumed "
             "twice or discarded by its sender (is something else cleaning /dev/shm?)"
         ) from None
+    except OSError as exc:  # ELOOP: a link planted at the name
+        raise foreign_error(name, "shared-memory segment") from exc
+    try:
+        check_owner(fd, name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _open_and_unlink(name: str) -> int:
@@ -351,9 +436,10 @@ def sweep(pid: int) -> list[str]:
     Covers both its unconsumed messages and its ``allcores.share()`` segments. Call it for a
     worker that died, *after* draining its result pipe (messages still in the pipe refer to
     segments that must survive until they are unpacked). Never call it for a live process:
-    its shares would vanish under it.
+    its shares would vanish under it. ``pid`` is a child of this process: same user, same pid
+    namespace, so its names carry this process's identity.
     """
-    prefix = f"{SEGMENT_PREFIX}{pid}-"
+    prefix = f"{SEGMENT_PREFIX}{identity()}-{pid}-"
     gone = []
     for name in _list_segments():
         if name.startswith(prefix):
@@ -365,12 +451,16 @@ def sweep(pid: int) -> list[str]:
 def sweep_stale() -> list[str]:
     """Unlink segments whose creating process no longer exists (left by a SIGKILLed run).
 
-    Only names with this module's prefix are touched, and only when their pid is not alive.
+    Only this user's names from this pid namespace are judged (see the module docstring), and
+    only those whose pid is not alive; an error on one name never stops the sweep.
     """
+    prefix = f"{SEGMENT_PREFIX}{identity()}-"
     gone = []
     for name in _list_segments():
-        pid = _pid_of(name)
-        if pid is not None and not _pid_alive(pid):
+        if not name.startswith(prefix):
+            continue  # another user's, another container's, or an older allcores's
+        head = name[len(prefix) :].split("-", 1)[0]
+        if head.isdigit() and not _pid_alive(int(head)):
             _unlink(name)
             gone.append(name)
     return gone
@@ -379,13 +469,8 @@ def sweep_stale() -> list[str]:
 def _list_segments() -> list[str]:
     try:
         return [n for n in os.listdir(SHM_DIR) if n.startswith(SEGMENT_PREFIX)]
-    except FileNotFoundError:
+    except OSError:
         return []
-
-
-def _pid_of(name: str) -> int | None:
-    head = name[len(SEGMENT_PREFIX) :].split("-", 1)[0]
-    return int(head) if head.isdigit() else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -393,7 +478,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except OSError:  # EPERM: alive, owned by someone else
         return True
     return True
 

@@ -193,16 +193,18 @@ class _ShmBase:
     def _create(self, waiters: int = 0, extra_bytes: int = 0) -> None:
         # one more slot than the class uses: the mutex holder's pid
         size = 8 * (self._SLOTS + 1) + (WaitList.size(waiters) if waiters else 0) + extra_bytes
-        self._shm_name, self._mm = create_shm(size)
+        self._shm_name, self._mm, self._secret = create_shm(size)
         self._lock_name, sem, recovery, names = create_mutex()
         self._waiters = waiters
         self._owner: Owner | None = Owner(self, names, [self._shm_name])
         self._map(sem, recovery)
         _registry[self._shm_name] = self
 
-    def _attach(self, shm_name: str, lock_name: str, waiters: int, *extra: Any) -> None:
+    def _attach(self, shm_name: str, lock_name: str, waiters: int, secret: bytes,
+                *extra: Any) -> None:
         self._shm_name, self._lock_name, self._waiters = shm_name, lock_name, waiters
-        self._mm = open_shm(shm_name)
+        self._secret = secret
+        self._mm = open_shm(shm_name, secret)  # checks owner, mode and secret
         self._owner = None
         self._map(*open_mutex(lock_name))
         self._attach_extra(*extra)
@@ -218,7 +220,8 @@ class _ShmBase:
         pass
 
     def _state(self) -> tuple:
-        return (self._shm_name, self._lock_name, self._waiters)
+        # the secret travels with the handle: the block must end with it to be reopened
+        return (self._shm_name, self._lock_name, self._waiters, self._secret)
 
     def __reduce__(self):
         return _rebuild, (type(self), self._shm_name, self._state())

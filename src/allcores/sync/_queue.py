@@ -55,6 +55,7 @@ from multiprocessing import util
 from time import monotonic
 from typing import Any
 
+from allcores._engine.shm import check_owner
 from allcores.sync._primitives import _registry
 from allcores.sync._resources import (
     FINALIZE_PRIORITY,
@@ -263,7 +264,7 @@ class Queue:
     def __init__(self, maxsize: int = 0) -> None:
         if maxsize < 0:
             raise ValueError(f"maxsize must be >= 0, got {maxsize}")
-        self._ring_name, mm = create_shm(_DATA + RING_BYTES)
+        self._ring_name, mm, self._secret = create_shm(_DATA + RING_BYTES)
         lock_name, sem, recovery, names = create_mutex()
         slots_name, slots = "", None
         if maxsize:  # counts items anywhere (buffered or in the ring), like multiprocessing
@@ -278,10 +279,14 @@ class Queue:
         self._h[_CAP] = RING_BYTES
         _registry[self._ring_name] = self
 
-    def _attach(self, ring_name: str, names: tuple[str, str], maxsize: int) -> None:
+    def _attach(self, ring_name: str, names: tuple[str, str], maxsize: int, secret: bytes
+                ) -> None:
         self._ring_name, self._names, self._maxsize = ring_name, names, maxsize
         self._owner = None
-        mm = open_shm(ring_name)
+        self._secret = secret
+        # The ring holds pickles: a ring someone else made at this name would run their code
+        # in our get(). open_shm refuses anything but the block this handle's secret names.
+        mm = open_shm(ring_name, secret)
         lock_name, slots_name = names
         self._setup(
             mm,
@@ -313,7 +318,9 @@ class Queue:
         self._cache: tuple[int, int, int, list] = (-1, 0, 0, [])
 
     def __reduce__(self):
-        return _rebuild_queue, (self._ring_name, (self._ring_name, self._names, self._maxsize))
+        return _rebuild_queue, (
+            self._ring_name, (self._ring_name, self._names, self._maxsize, self._secret)
+        )
 
     def __repr__(self) -> str:
         return f"<allcores.Queue {self._ring_name} maxsize={self._maxsize}>"
@@ -687,11 +694,15 @@ class Queue:
         path = name.decode()
         fd = _posixshmem.shm_open(path, os.O_RDONLY, mode=0o600)
         try:
+            check_owner(fd, path, "queue spill file")  # its bytes are unpickled next
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read()
         finally:
             os.close(fd)
-            _posixshmem.shm_unlink(path)
+            try:
+                _posixshmem.shm_unlink(path)
+            except OSError:  # not ours to remove (refused above), or gone
+                pass
         return data
 
     # -- state ---------------------------------------------------------------------------------

@@ -12,12 +12,21 @@ the standard resource tracker, so if the owner is SIGKILLed the tracker unlinks 
 program ends. Processes that only opened a name never unlink it, so a worker killed with SIGKILL
 leaves nothing behind. Mappings and handles already open keep working after the unlink; only new
 opens fail, with :class:`NameGoneError`.
+
+Other users (docs/security.md). A released name can be created again by anyone: another user,
+another container sharing ``/dev/shm``, or (pid reuse) another of our own processes. So a name
+is ``/allcores-sync-<kind>-<uid>-<pidns>-<pid>-<n>-<random>``, every reopen checks that the
+object is owned by this user with no group/other permission bit, and each shared-memory block
+ends with a 16-byte random secret that travels in the pickled handle and must match: a
+mismatch is a :class:`~allcores.errors.ForeignObjectError`, never data (a Queue's ring holds
+pickles: reading a stranger's would run their code).
 """
 
 from __future__ import annotations
 
 import _multiprocessing
 import _posixshmem
+import hmac
 import itertools
 import mmap
 import os
@@ -26,6 +35,8 @@ import threading
 import time
 from multiprocessing import resource_tracker, util
 from typing import Any
+
+from allcores._engine.shm import check_owner, foreign_error, identity
 
 # Every name starts with this, so a test (or a person) can tell our objects apart in /dev/shm.
 NAME_PREFIX = "allcores-sync-"
@@ -42,9 +53,17 @@ class NameGoneError(FileNotFoundError):
     """A synchronization object was unpickled after its creating process had released it."""
 
 
+# Bytes of the random secret at the end of every shared-memory block (see the module docstring).
+SECRET_BYTES = 16
+
+
 def new_name(kind: str) -> str:
-    """A fresh name like ``/allcores-q-1234-7-ab12cd34`` (pid, counter and randomness)."""
-    return f"/{NAME_PREFIX}{kind}-{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
+    """A fresh name like ``/allcores-sync-m-1000-effffffc-1234-7-ab12cd34``: kind, user, pid
+    namespace and pid (what a sweep needs to judge it), counter and randomness."""
+    return (
+        f"/{NAME_PREFIX}{kind}-{identity()}-{os.getpid()}-{next(_counter)}-"
+        f"{secrets.token_hex(4)}"
+    )
 
 
 def _gone(name: str, what: str) -> NameGoneError:
@@ -71,18 +90,42 @@ def create_semlock(kind: int, value: int, maxvalue: int) -> tuple[str, Any]:
 
 
 def open_semlock(kind: int, maxvalue: int, name: str) -> Any:
-    """Reopen a named semaphore created by another process (or this one)."""
+    """Reopen a named semaphore created by another process (or this one), if it is ours.
+
+    sem_open gives no fd to fstat, so the file behind it is checked with lstat right after
+    the open: a semaphore someone else created at a released name is refused (its file is
+    theirs, or open to others). A stranger cannot swap the file in between: /dev/shm is
+    sticky and the names are random, so only its owner could remove and recreate it.
+    """
     try:
-        return _multiprocessing.SemLock._rebuild(0, kind, maxvalue, name)
+        sem = _multiprocessing.SemLock._rebuild(0, kind, maxvalue, name)
     except FileNotFoundError:
         raise _gone(name, "semaphore") from None
+    try:
+        st = os.lstat(f"/dev/shm/sem.{name[1:]}")
+    except FileNotFoundError:
+        raise _gone(name, "semaphore") from None
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not _is_regular(st):
+        raise foreign_error(name, "semaphore", st)
+    return sem
+
+
+def _is_regular(st: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISREG(st.st_mode)
 
 
 # -- shared memory ---------------------------------------------------------------------------
 
 
-def create_shm(size: int) -> tuple[str, mmap.mmap]:
-    """Create a named shared-memory file of ``size`` bytes (zero-filled) and map it."""
+def create_shm(size: int) -> tuple[str, mmap.mmap, bytes]:
+    """Create a named shared-memory file of ``size`` bytes (zero-filled) and map it.
+
+    Returns the name, the map (``size`` bytes, then the secret) and the random secret that a
+    handle must carry to reopen it (:func:`open_shm`).
+    """
+    secret = secrets.token_bytes(SECRET_BYTES)
     for _ in range(100):
         name = new_name("m")
         try:
@@ -90,8 +133,10 @@ def create_shm(size: int) -> tuple[str, mmap.mmap]:
         except FileExistsError:  # pragma: no cover
             continue
         try:
-            os.ftruncate(fd, size)
-            return name, mmap.mmap(fd, size)
+            os.ftruncate(fd, size + SECRET_BYTES)
+            mm = mmap.mmap(fd, size + SECRET_BYTES)
+            mm[size:] = secret
+            return name, mm, secret
         except BaseException:
             _posixshmem.shm_unlink(name)
             raise
@@ -100,16 +145,24 @@ def create_shm(size: int) -> tuple[str, mmap.mmap]:
     raise FileExistsError("could not find a free shared-memory name")  # pragma: no cover
 
 
-def open_shm(name: str) -> mmap.mmap:
-    """Map a named shared-memory file created by another process."""
+def open_shm(name: str, secret: bytes) -> mmap.mmap:
+    """Map a named shared-memory file created by another process, if it is the one the
+    handle names: owned by this user, private, and ending with ``secret``."""
     try:
-        fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
+        fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)  # glibc adds O_NOFOLLOW
     except FileNotFoundError:
         raise _gone(name, "shared-memory block") from None
     try:
-        return mmap.mmap(fd, os.fstat(fd).st_size)
+        size = check_owner(fd, name, "shared-memory block").st_size
+        if size < SECRET_BYTES:
+            raise foreign_error(name, "shared-memory block")
+        mm = mmap.mmap(fd, size)
     finally:
         os.close(fd)
+    if not hmac.compare_digest(mm[size - SECRET_BYTES:], secret):
+        mm.close()
+        raise foreign_error(name, "shared-memory block")
+    return mm
 
 
 # -- ownership --------------------------------------------------------------------------------
@@ -171,7 +224,9 @@ class Owner:
 # sleepers that were on the list. A post that arrives after its waiter gave up (timeout) only
 # causes one spurious wake-up later, which every wait loop tolerates by re-checking its state.
 
-NAME_BYTES = 48  # one slot of a wait list: a semaphore name, NUL-padded
+# One slot of a wait list: a semaphore name, NUL-padded. Names are about 60 bytes (user, pid
+# namespace, pid, counter, randomness); 96 leaves room for long counters and uids.
+NAME_BYTES = 96
 
 
 class _Me(threading.local):
@@ -230,8 +285,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep_dead_waiters() -> int:
-    """Unlink the private wake semaphores of processes that no longer exist; return how many."""
-    prefix = f"sem.{NAME_PREFIX}{_WAITER_KIND}-"
+    """Unlink the private wake semaphores of processes that no longer exist; return how many.
+
+    Only this user's, from this pid namespace (where a pid means something); another user's
+    leftovers are not ours to judge, and an error on one never stops the sweep (or the wait
+    that triggered it).
+    """
+    prefix = f"sem.{NAME_PREFIX}{_WAITER_KIND}-{identity()}-"
     removed = 0
     try:
         entries = os.listdir("/dev/shm")
@@ -248,7 +308,7 @@ def sweep_dead_waiters() -> int:
             try:
                 _multiprocessing.sem_unlink("/" + entry[len("sem."):])
                 removed += 1
-            except FileNotFoundError:
+            except OSError:
                 pass
     return removed
 
@@ -293,6 +353,8 @@ class WaitList:
         return -1
 
     def add(self, name: bytes) -> None:
+        if len(name) > NAME_BYTES:  # pragma: no cover - names are far shorter
+            raise RuntimeError(f"semaphore name {name!r} is longer than {NAME_BYTES} bytes")
         if self._find(name) >= 0:
             return
         n = self._count[0]
