@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import subprocess
 import sys
 
 import psutil
@@ -224,3 +226,29 @@ def test_an_odd_result_in_a_batch_of_tiny_jobs_fails_only_its_own_job():
                     result.get(timeout=30)
             else:
                 assert result.get(timeout=30) == i % 50
+
+
+def test_descendants_are_found_with_and_without_the_proc_children_files():
+    """The list of a worker's descendants a timeout kills: the fast path (children files) and
+    the fallback (every process's parent) both find a child and its child."""
+    from allcores._engine import processes
+
+    script = (
+        "import subprocess, sys, time\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(g.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(child.stdout.readline())  # printed once it has started
+        assert {child.pid, grandchild} <= set(processes.descendants(os.getpid()))
+        by_parent = processes._children_by_parent()
+        assert child.pid in by_parent[os.getpid()]
+        assert grandchild in by_parent[child.pid]
+    finally:
+        for proc in [*psutil.Process(child.pid).children(recursive=True)]:
+            proc.kill()
+        child.kill()
+        child.wait(10)
+        child.stdout.close()

@@ -1003,8 +1003,7 @@ class Manager:
                 processes.kill(handle, signal.SIGTERM)
         deadline = time.monotonic() + TERMINATE_GRACE
         for handle in handles:
-            handle.process.join(max(0.0, deadline - time.monotonic()))
-            if handle.process.exitcode is None:
+            if processes.wait_exit(handle, max(0.0, deadline - time.monotonic())) is None:
                 processes.kill(handle)
         self._segments.clear()
         for handle in handles:

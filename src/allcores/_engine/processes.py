@@ -33,6 +33,9 @@ from allcores._engine.worker_main import worker_main
 # chunks and results then cross in far fewer context switches than through the 64 KiB default.
 _F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
+# Reads of one worker's pipe per manager turn: a worker that writes as fast as it is read must
+# not keep the manager from the others (select reports the rest on the next turn).
+READS_PER_TURN = 16
 
 
 def _grow_pipe(conn: Any) -> None:
@@ -147,7 +150,7 @@ def read_messages(handle: WorkerHandle) -> tuple[list[bytes], bool]:
     its pipe is still open. A message cut short stays in ``handle.inbox`` for the next read."""
     fd = handle.result_conn.fileno()
     open_ = True
-    while True:
+    for _ in range(READS_PER_TURN):
         try:
             data = os.read(fd, PIPE_BYTES)
         except BlockingIOError:
@@ -284,6 +287,24 @@ def exit_code(handle: WorkerHandle) -> int | None:
         handle.process.join(timeout=1.0)
         exitcode = handle.process.exitcode
     return exitcode
+
+
+def wait_exit(handle: WorkerHandle, timeout: float) -> int | None:
+    """Wait up to ``timeout`` seconds for the worker to exit; its exit status, or None.
+
+    Waits on the pidfd where there is one: the sentinel that ``Process.join`` waits on may be
+    held open by a helper the task forked, and would make every stop wait out the timeout.
+    """
+    if handle.pidfd is None:
+        handle.process.join(timeout)
+        return handle.process.exitcode
+    import select
+
+    try:
+        select.select([handle.pidfd], [], [], timeout)
+    except (OSError, ValueError):
+        pass
+    return handle.process.exitcode
 
 
 def close_handle(handle: WorkerHandle) -> None:

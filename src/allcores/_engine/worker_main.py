@@ -148,7 +148,7 @@ def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDon
         items = shm.unpack(msg.items, keep=kept)
         fns = [functions[fn_id] for fn_id, _ in msg.parts]
         if len(items) != len(fns):
-            raise RuntimeError(f"allcores internal error: {len(items)} items for {len(fns)} parts")
+            raise _errors.InternalError(f"{len(items)} items for {len(fns)} parts")
     except BaseException as exc:
         err = _errors.ArgumentPicklingError(
             f"a batch's functions or arguments could not be unpickled in the worker: "
@@ -272,7 +272,7 @@ def worker_main(
         try:
             if fn is None:
                 if msg.fn_blob is None:
-                    raise RuntimeError(f"allcores internal error: unknown function {msg.fn_id}")
+                    raise _errors.InternalError(f"unknown function {msg.fn_id}")
                 fn = functions[msg.fn_id] = serialization.loads_function(msg.fn_blob)
             items = shm.unpack(msg.items, keep=kept)
         except BaseException as exc:
