@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m allcores demo
 
-test: $(STAMP)
+# The report's browser tests (tests/test_report.py) drive Debian's Chromium through its driver.
+# Installed here when missing and we are root (as CI is); elsewhere those tests skip and say how.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver for the report's browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "could not install chromium: the browser tests will skip"; \
+	else \
+		echo "no chromium here and not root: the browser tests will skip" \
+			"(install them with: apt-get install -y chromium chromium-driver)"; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest -q

@@ -39,6 +39,11 @@ _LAZY: dict[str, str] = {
     "MapResults": "allcores._engine.jobs",
     "Failure": "allcores._engine.jobs",
     "cpu_count": "allcores._engine.cpu",
+    # run statistics and the HTML report (Bokeh, imported only when a report is written)
+    "RunStats": "allcores._stats",
+    "WorkerStats": "allcores._stats",
+    "Losses": "allcores._stats",
+    "report": "allcores._report",
     # data plane (shared memory) and IPC / synchronization primitives
     "share": "allcores.shared",
     "SharedArray": "allcores.shared",
@@ -97,3 +102,5 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from allcores._executor import Executor
     from allcores._oneliners import imap, map, shutdown
     from allcores._pool import AsyncResult, Pool
+    from allcores._report import report
+    from allcores._stats import Losses, RunStats, WorkerStats

@@ -148,6 +148,17 @@ class Executor(_StdExecutor):
         deadline = None if timeout is None else time.monotonic() + timeout
         return _results(sink, deadline, lambda: engine.cancel(job, CancelledError()))
 
+    def statistics(self) -> Any:
+        """Where the time of everything this executor ran went (an :class:`allcores.RunStats`).
+
+        >>> import allcores
+        >>> with allcores.Executor(2) as ex:
+        ...     _ = list(ex.map(abs, range(10)))
+        ...     ex.statistics().items
+        10
+        """
+        return self._engine.statistics()
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with cancel_futures, cancel what has not started."""
         with self._shutdown_lock:

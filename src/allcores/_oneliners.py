@@ -17,6 +17,7 @@ from allcores._engine.client import check_workers, resolve_context
 from allcores._engine.jobs import MapResults
 from allcores._engine.messages import CALL_ONE, CALL_STAR
 from allcores._engine.options import OnError
+from allcores._engine.recording import CallRecord
 from allcores._pool import Pool, _as_sequence
 
 __all__ = ["imap", "map", "shutdown"]
@@ -73,6 +74,7 @@ def map(
     retry_on: tuple[type[BaseException], ...] = (),
     on_error: OnError = "raise",
     star: bool = False,
+    report: str | os.PathLike[str] | None = None,
 ) -> MapResults:
     """``[fn(x) for x in iterable]`` on every core; a list, in input order by default.
 
@@ -87,25 +89,58 @@ def map(
             exceptions of the ``retry_on`` types).
         on_error: "raise" (default), "collect" or "skip"; see :class:`allcores.MapResults`.
         star: call ``fn(*item)`` instead of ``fn(item)``.
+        report: a path: write an HTML report of the call there (see :func:`allcores.report`);
+            the statistics are in the result's ``.stats`` either way.
 
     >>> import allcores
     >>> allcores.map(lambda x: x * x, range(5))
     [0, 1, 4, 9, 16]
     """
+    _check_report(report)
     pool = _pool(workers)
     options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize)
     mode = CALL_STAR if star else CALL_ONE
     try:
         if ordered:
-            return pool._async(fn, _as_sequence(iterable), mode, options).get()
+            result = pool._async(fn, _as_sequence(iterable), mode, options)
+            try:
+                out = result.get()
+            finally:
+                if report is not None:
+                    _write_report(result._sink.record, report)
+            return out
         out = MapResults()
         it = pool._iter(fn, iterable, mode, False, options)
-        out.extend(it)
+        try:
+            out.extend(it)
+        finally:
+            if report is not None:
+                _write_report(it._sink.record, report)
         out.failures = it.failures
+        out._record = it._sink.record
         return out
     except KeyboardInterrupt:
         _interrupted(pool)
         raise
+
+
+def _check_report(path: str | os.PathLike[str] | None) -> None:
+    """A report path that cannot be written fails now, before the work, not after it."""
+    if path is not None:
+        from allcores._report import check_path
+
+        check_path(path)
+
+
+def _write_report(record: CallRecord | None, path: str | os.PathLike[str]) -> None:
+    """The report of one call, written whether it succeeded or failed (a failed run is the one
+    whose report is most wanted)."""
+    if record is None:
+        return
+    from allcores._report import report
+    from allcores._stats import call_stats
+
+    report(call_stats(record), path)
 
 
 def imap(
@@ -122,6 +157,7 @@ def imap(
     on_error: OnError = "raise",
     star: bool = False,
     max_held_bytes: int | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but yields results as they arrive, reading the input lazily.
 
@@ -129,19 +165,21 @@ def imap(
     flight or waiting to be consumed, and in order (``ordered=True``) the results that finish
     behind a slow item are held up to ``max_held_bytes`` (default 64 MiB) before the input
     waits. Stopping early (``break``) stops feeding the workers.
+    ``report=`` writes the HTML report once the iteration ends (or stops early).
 
     >>> import allcores
     >>> sorted(allcores.imap(str.upper, ["a", "b"], ordered=False))
     ['A', 'B']
     """
+    _check_report(report)
     pool = _pool(workers)
     options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize,
                             max_held_bytes)
     it = pool._iter(fn, iterable, CALL_STAR if star else CALL_ONE, ordered, options)
-    return _guarded(pool, it)
+    return _guarded(pool, it, report)
 
 
-def _guarded(pool: Pool, it) -> Iterator[Any]:
+def _guarded(pool: Pool, it, report: str | os.PathLike[str] | None) -> Iterator[Any]:
     try:
         yield from it
     except KeyboardInterrupt:
@@ -149,3 +187,5 @@ def _guarded(pool: Pool, it) -> Iterator[Any]:
         raise
     finally:
         it.close()
+        if report is not None:
+            _write_report(it._sink.record, report)

@@ -8,15 +8,19 @@ adaptive chunk sizes, lambdas that pickle, worker tracebacks, crash survival and
 from __future__ import annotations
 
 import multiprocessing
+import os
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allcores._engine.client import Engine, LocalEngine
 from allcores._engine.jobs import IterSink, ListSink, MapResults
 from allcores._engine.messages import CALL_ARGS, CALL_ONE, CALL_STAR
 from allcores._engine.options import TaskOptions
+
+if TYPE_CHECKING:
+    from allcores._stats import RunStats
 
 __all__ = ["AsyncResult", "Pool"]
 
@@ -81,6 +85,16 @@ class IMapIterator:
         """Items that failed under on_error="collect"/"skip" (complete once exhausted)."""
         return self._sink.failures
 
+    @property
+    def stats(self) -> RunStats | None:
+        """The call's :class:`allcores.RunStats` so far (complete once exhausted)."""
+        record = self._sink.record
+        if record is None:
+            return None
+        from allcores._stats import call_stats
+
+        return call_stats(record)
+
     def close(self) -> None:
         """Stop early: no more input is sent; chunks already running finish."""
         if not self._done and self._on_close is not None:
@@ -110,6 +124,8 @@ class Pool:
         memory_reserve: hold back new work while the machine has fewer bytes than this
             available, rather than let the OOM killer pick a victim; "auto" is 5% of RAM, None
             turns it off. One chunk always runs, so the pool never deadlocks (allcores extra).
+        report: a path: write an HTML report of everything the pool ran when it is joined or
+            terminated (``with`` terminates); see :func:`allcores.report` (allcores extra).
 
     Every mapping method also takes keyword-only ``timeout=``, ``retries=``, ``on_error=`` and
     ``progress=``.
@@ -133,7 +149,9 @@ class Pool:
         retry_on: tuple[type[BaseException], ...] = (),
         max_memory: int | None = None,
         memory_reserve: int | str | None = "auto",
+        report: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._report_path = report
         self._engine: Engine = LocalEngine(
             processes,
             context,
@@ -252,12 +270,14 @@ class Pool:
     def terminate(self) -> None:
         """Stop the workers now; unfinished results fail with PoolClosedError."""
         self._engine.terminate()
+        self._write_report()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the workers to exit; call close() or terminate() first."""
         if self._engine.accepting:  # the standard pool raises the same
             raise ValueError("Pool is still running: call close() or terminate() before join()")
-        self._engine.join(timeout)
+        if self._engine.join(timeout):
+            self._write_report()
 
     def __enter__(self) -> Pool:
         return self
@@ -279,6 +299,24 @@ class Pool:
     def worker_pids(self) -> list[int]:
         """The process ids of the current workers."""
         return self._engine.pids()
+
+    def statistics(self) -> RunStats:
+        """Where the time of everything this pool ran went, from its start until now.
+
+        >>> import allcores
+        >>> with allcores.Pool(2) as pool:
+        ...     _ = pool.map(abs, range(100))
+        ...     pool.statistics().items
+        100
+        """
+        return self._engine.statistics()
+
+    def _write_report(self) -> None:
+        path, self._report_path = self._report_path, None  # once, at the first join/terminate
+        if path is not None:
+            from allcores._report import report
+
+            report(self.statistics(), path)
 
 
 def _as_sequence(iterable: Iterable[Any]) -> Iterable[Any]:

@@ -124,7 +124,8 @@ class Engine(abc.ABC):
       ``retry_on`` exceptions, the ``on_error`` policy, progress, the chunk size.
     - :meth:`close` (finish the submitted calls, then stop), :meth:`terminate` (stop now, fail
       what is unfinished with ``PoolClosedError``), :meth:`join`, ``alive``, ``accepting`` and
-      :meth:`pids` (the worker processes of this machine, if any).
+      :meth:`pids` (the worker processes of this machine, if any), and :meth:`statistics`
+      (the run statistics, ``allcores/_stats.py``).
     """
 
     workers: int
@@ -184,6 +185,14 @@ class Engine(abc.ABC):
         """Process ids of the workers on this machine (none for a remote backend)."""
         return []
 
+    def statistics(self) -> Any:
+        """The :class:`allcores.RunStats` of everything run so far. A backend that records no
+        chunks returns empty figures; each call's own ``sink.record`` is filled by the
+        local engine only."""
+        from allcores._stats import empty_stats
+
+        return empty_stats("", self.workers, 0.0, 0)
+
 
 class LocalEngine(Engine):
     """Worker processes on this machine, run by one manager thread (``manager.py``)."""
@@ -230,6 +239,15 @@ class LocalEngine(Engine):
             max_memory,
             resolve_memory_reserve(memory_reserve),
         )
+
+    def statistics(self) -> Any:
+        """The pool's :class:`allcores.RunStats` so far."""
+        from allcores._stats import empty_stats, pool_stats
+
+        recorder = self._manager.recorder
+        if recorder is None:  # recording switched off (benchmarks/stats_overhead.py)
+            return empty_stats("", self.workers, 0.0, 0)
+        return pool_stats(recorder)
 
     @staticmethod
     def _pickle_function(fn: Any, what: str) -> bytes:
@@ -292,6 +310,7 @@ class LocalEngine(Engine):
             on_dispatch=on_dispatch,
             max_outstanding=max_outstanding,
             fn_cached=cached,
+            function=function_name(fn),
         )
         self._manager.submit(job)
         return job
@@ -322,3 +341,11 @@ class LocalEngine(Engine):
 
     def pids(self) -> list[int]:
         return self._manager.pids()
+
+def function_name(fn: Any) -> str:
+    """A short name for ``fn`` in statistics and reports: ``module.qualname`` where it has one."""
+    while hasattr(fn, "func") and hasattr(fn, "args"):  # functools.partial
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module not in ("builtins", "__main__") else name

@@ -11,6 +11,7 @@ import abc
 import collections
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from allcores import errors as _errors
 from allcores._engine import serialization, shm
 from allcores._engine.messages import TaskError
 from allcores._engine.options import OnError, TaskOptions
+from allcores._engine.recording import CallRecord, Recorder
 from allcores._engine.scheduler import MAX_REORDER_ITEMS, ChunkSizer, Reorderer
 
 __all__ = ["Failure", "MapResults", "OnError"]
@@ -52,6 +54,26 @@ class MapResults(list):
     def __init__(self, values: Iterable[Any] = (), failures: list[Failure] | None = None):
         super().__init__(values)
         self.failures = failures if failures is not None else []
+        self._record: CallRecord | None = None
+        self._stats: Any = None
+
+    @property
+    def stats(self) -> Any:
+        """The call's :class:`allcores.RunStats` (None for a list not made by a map).
+
+        Built on first access from the per-chunk records the pool kept, so calls that never
+        look at it pay nothing for it.
+
+        >>> import allcores
+        >>> r = allcores.map(abs, range(100), workers=2)
+        >>> r.stats.items
+        100
+        """
+        if self._stats is None and self._record is not None:
+            from allcores._stats import call_stats
+
+            self._stats = call_stats(self._record)
+        return self._stats
 
 
 @dataclass(eq=False)
@@ -68,12 +90,14 @@ class Chunk:
     payload: bytes | None = None  # the packed items, made when the chunk is sent
     segments: list[str] = field(default_factory=list)  # shared memory the payload refers to
     deadline: float | None = None  # monotonic time by which it must finish (timeout=)
+    pack_seconds: float = 0.0  # the manager's time pickling the items (run statistics)
 
 
 class Sink(abc.ABC):
     """Where a job's results go; the facades subclass it. Called from the manager thread."""
 
     bounded = False  # True when results wait for a consumer (imap): reading input is limited
+    record: CallRecord | None = None  # the call's run statistics, set by its Job
 
     @abc.abstractmethod
     def deliver(self, values: list) -> None:
@@ -149,6 +173,7 @@ class ListSink(Sink):
 
     def finish(self, failures: list[Failure]) -> None:
         self.values.failures = failures
+        self.values._record = self.record
         if self.callback is not None:
             try:
                 self.callback(self.value())
@@ -257,6 +282,7 @@ class Job:
         max_outstanding: int | None = None,
         on_dispatch: Callable[[], bool] | None = None,
         fn_cached: bool = False,
+        function: str = "",
     ) -> None:
         options = options or TaskOptions()  # validated when it was made
         self.id = next(Job._ids)
@@ -270,6 +296,9 @@ class Job:
         self.item_timeout = options.item_timeout  # seconds one item may run, or None
         self.max_held_bytes = options.max_held_bytes
         self.on_dispatch = on_dispatch
+        self.record = CallRecord(self.id, function, workers)  # the call's run statistics
+        sink.record = self.record
+        self.recorder: Recorder | None = None  # the pool's, set by the manager on submit
         # A timed item must start as soon as it is sent, so the clock is right: one item a chunk.
         self.sizer = ChunkSizer(workers, 1 if self.item_timeout is not None else options.chunksize)
         self.reorder = Reorderer(ordered)
@@ -477,6 +506,12 @@ class Job:
         if delay is not None:
             retry = Chunk(self, index, [item], attempt + 1, isolated=True)
             self.delayed.append((now + delay, retry))
+            if self.recorder is not None:
+                self.recorder.incident(
+                    "retry", None, self.record,
+                    f"item {index} = {serialization.item_repr(item)}, attempt {attempt + 1} "
+                    f"after {type(error).__name__}",
+                )
             if self.retrying is not None:
                 self.retrying.add(self)
             return
@@ -526,6 +561,7 @@ class Job:
             return True
         if self.is_complete():
             self.finished = True
+            self.record.ended = time.monotonic()
             broken_bar = self._close_progress()
             if broken_bar is not None:
                 self.sink.fail(broken_bar)
@@ -539,6 +575,7 @@ class Job:
         if self.finished:
             return
         self.finished = True
+        self.record.ended = time.monotonic()
         for chunk in self.pending:
             release(chunk)  # a chunk packed ahead holds shared memory
         self.pending.clear()

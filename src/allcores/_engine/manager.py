@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from allcores import errors as _errors
-from allcores._engine import processes, serialization, shm
+from allcores._engine import processes, recording, serialization, shm
 from allcores._engine.jobs import Chunk, Job, add_note, attach_traceback, release
 from allcores._engine.messages import (
     BatchDone,
@@ -61,6 +61,7 @@ from allcores._engine.messages import (
     TaskError,
 )
 from allcores._engine.processes import WorkerHandle
+from allcores._engine.recording import Recorder, Span
 from allcores._engine.scheduler import (
     Verdict,
     admit,
@@ -176,6 +177,8 @@ class Manager:
         self._chunk_ids = itertools.count()
         self._crashes_in_a_row = 0
         self._broken: BaseException | None = None
+        # The run statistics (pool.statistics(), MapResults.stats, reports): see recording.py.
+        self.recorder: Recorder | None = Recorder(workers) if recording.ENABLED else None
         shm.sweep_stale()  # segments of runs that were SIGKILLed before they could clean up
         # Fork the first workers here, in the caller's thread, before the manager thread exists:
         # a fork from a single-threaded process is the safe kind.
@@ -272,6 +275,8 @@ class Manager:
             self._fail_all(error)
         finally:
             self._shutdown_workers()
+            if self.recorder is not None:
+                self.recorder.ended = time.monotonic()
             with self._state_lock:
                 self._state = _DONE
                 self._selector.close()
@@ -337,6 +342,9 @@ class Manager:
                 if known is not None and job.sizer.cost is None:
                     job.sizer.cost = known  # apply_async in a loop: the cost is known already
                 job.retrying = self._retrying
+                if self.recorder is not None:
+                    job.recorder = self.recorder
+                    self.recorder.call_started(job.record)
                 self._jobs.add(job)
                 self._feedable.append(job)
                 self._queued.add(job)
@@ -399,7 +407,10 @@ class Manager:
             self._settle(job)
             return
         try:
+            packing = time.monotonic() if self.recorder is not None else 0.0
             chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
+            if self.recorder is not None:
+                chunk.pack_seconds = time.monotonic() - packing
         except BaseException:  # an argument's own code runs here
             pass  # packed again when sent, where the failure is reported item by item
         job.pending.appendleft(chunk)
@@ -556,7 +567,10 @@ class Manager:
         if chunk.payload is None:
             try:
                 # Big buffers (numpy arrays, bytes) go through shared memory, not the pipe.
+                packing = time.monotonic() if self.recorder is not None else 0.0
                 chunk.payload, chunk.segments = shm.pack(chunk.items, reuse=self._segments)
+                if self.recorder is not None:
+                    chunk.pack_seconds = time.monotonic() - packing
             except BaseException:  # an argument's __reduce__ may raise anything
                 self._unpicklable_items(chunk, now)
                 return
@@ -693,9 +707,13 @@ class Manager:
                 self._job_broke(chunk.job, exc)
         for chunk in chunks:
             self._settle(chunk.job)
-        if should_recycle(handle.items_done, self.max_tasks_per_child, handle.last_rss,
-                          self.max_memory):
+        if not handle.retiring and should_recycle(
+            handle.items_done, self.max_tasks_per_child, handle.last_rss, self.max_memory
+        ):
             handle.retiring = True
+            if self.recorder is not None:
+                reason = _recycle_reason(handle, self.max_tasks_per_child, self.max_memory)
+                self.recorder.incident("recycle", handle.slot, chunks[-1].job.record, reason)
         if handle.retiring and not handle.in_flight and not handle.stopping:
             self._send_stop(handle)
 
@@ -713,11 +731,17 @@ class Manager:
         errors: dict[int, tuple[TaskError, ...]] = {}
         for err in message.errors:
             errors[err.offset] = (TaskError(0, err.error, err.traceback),)
-        return [
-            (chunk, ChunkDone(message.batch_id, [message.values[part]], errors.get(part, ()), 1,
-                              message.seconds[part], message.rss))
-            for part, chunk in enumerate(chunks)
-        ]
+        answers = []
+        started = message.started  # the parts ran one after another from here
+        load = message.load_seconds / max(1, len(chunks))
+        for part, chunk in enumerate(chunks):
+            seconds = message.seconds[part]
+            answers.append((chunk, ChunkDone(
+                message.batch_id, [message.values[part]], errors.get(part, ()), 1, seconds,
+                message.rss, None, started, load,
+            )))
+            started += seconds
+        return answers
 
     def _answered(self, handle: WorkerHandle, chunk: Chunk, message: Any, now: float) -> None:
         """Take a worker's answer for ``chunk`` (alone, or one part of a batch) into its job."""
@@ -739,6 +763,12 @@ class Manager:
         self._crashes_in_a_row = 0
         handle.items_done += message.ran
         handle.last_rss = message.rss
+        if self.recorder is not None and message.started:
+            end = message.started + message.seconds
+            self.recorder.chunk(job.record, Span(
+                handle.slot, job.id, message.started, end, message.ran, message.seconds,
+                message.load_seconds, max(0.0, now - end), 1, message.rss,
+            ), chunk.pack_seconds)
         if message.ran:
             job.sizer.observe(message.ran, message.seconds)
             if job.fn_cached and job.sizer.cost is not None:
@@ -845,6 +875,9 @@ class Manager:
         job = first.job
         verdict = blame(items=len(first.items), parts=count, timed_out=handle.timed_out is first)
         if verdict == Verdict.ISOLATE:
+            self._note(handle, "crash", job,
+                       f"{handle.label} died ({describe_exit(exitcode)[1]}) running "
+                       f"{sum(len(c.items) for c in running)} items; they are re-run one by one")
             # Which item killed it? Each runs again alone (never batched) to find out.
             for chunk in reversed(running):
                 if not chunk.job.finished:
@@ -855,6 +888,7 @@ class Manager:
                 f"item {first.start} = {serialization.item_repr(item)} ran longer than its "
                 f"timeout of {job.item_timeout:g} s; {handle.label} was stopped and replaced"
             )
+            self._note(handle, "timeout", job, str(error))
             job.item_failed(first.start, item, error, first.attempt, now, infrastructure=True)
         else:
             item = first.items[0]
@@ -876,9 +910,14 @@ class Manager:
                 cause=cause,
                 item_repr=serialization.item_repr(item),
             )
+            self._note(handle, "crash", job, str(error))
             job.item_failed(first.start, item, error, first.attempt, now, infrastructure=True)
         for chunk in running:
             self._settle(chunk.job)
+
+    def _note(self, handle: WorkerHandle, kind: str, job: Job, detail: str) -> None:
+        if self.recorder is not None:
+            self.recorder.incident(kind, handle.slot, job.record, detail)
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -942,6 +981,9 @@ class Manager:
             pass
         handle = processes.start_worker(self.context, slot, self.init_blob, inherited)
         self._handles[slot] = handle
+        if self.recorder is not None:
+            self.recorder.incident("start", slot, None, f"{handle.label} started",
+                                   also=[job.record for job in self._jobs])
         self._selector.register(handle.result_conn, selectors.EVENT_READ, ("result", handle))
         self._selector.register(handle.sentinel, selectors.EVENT_READ, ("exit", handle))
 
@@ -1024,3 +1066,10 @@ class Manager:
             command = self._commands.popleft()
             if isinstance(command, Submit):
                 command.job.fail(error)
+
+
+def _recycle_reason(handle: WorkerHandle, max_tasks: int | None, max_memory: int | None) -> str:
+    if max_memory is not None and handle.last_rss is not None and handle.last_rss > max_memory:
+        return (f"{handle.label} recycled: resident memory {handle.last_rss / 2**20:.0f} MiB "
+                f"passed max_memory {max_memory / 2**20:.0f} MiB")
+    return f"{handle.label} recycled after {handle.items_done} items (maxtasksperchild)"

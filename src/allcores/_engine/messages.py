@@ -72,6 +72,9 @@ class ChunkDone:
     stopped at the first error). ``seconds`` is the compute time, the scheduler's cost signal;
     ``rss`` the worker's resident memory afterwards, for the memory ceiling and crash reports.
     ``load_error`` is set when the items could not be unpickled in the worker at all.
+    ``started`` is when the task function began (``time.monotonic()``, one system-wide clock on
+    Linux, so the manager can compare it with its own) and ``load_seconds`` the time spent
+    unpickling the function and items before that: the run statistics' raw material.
     """
 
     chunk_id: int
@@ -81,6 +84,8 @@ class ChunkDone:
     seconds: float
     rss: int
     load_error: TaskError | None = None
+    started: float = 0.0
+    load_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,9 @@ class BatchDone:
     (``TaskError.offset`` is the part's index); ``seconds`` is each part's compute time, so every
     job (and its function's learned cost) gets its own. ``load_error`` is set when the batch's
     items or functions could not be unpickled: the manager then runs each part alone, where the
-    error is reported for the one job it belongs to.
+    error is reported for the one job it belongs to. ``started`` (``time.monotonic()``) is when
+    the first part began and ``load_seconds`` the unpickling before it, as in :class:`ChunkDone`;
+    the parts run one after the other.
     """
 
     batch_id: int
@@ -100,6 +107,8 @@ class BatchDone:
     seconds: tuple[float, ...]
     rss: int
     load_error: TaskError | None = None
+    started: float = 0.0
+    load_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,8 @@ def _encode_done(done: ChunkDone) -> bytes:
             err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
             errors.append(TaskError(offset, err, ""))
     errors.sort(key=lambda e: e.offset)
-    fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss)
+    fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss,
+                      None, done.started, done.load_seconds)
     return shm.pack(fixed)[0]
 
 
@@ -136,12 +137,14 @@ def _encode_batch(done: BatchDone) -> bytes:
             err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
             errors.append(TaskError(part, err, ""))
     errors.sort(key=lambda e: e.offset)
-    fixed = BatchDone(done.batch_id, values, tuple(errors), done.seconds, done.rss)
+    fixed = BatchDone(done.batch_id, values, tuple(errors), done.seconds, done.rss, None,
+                      done.started, done.load_seconds)
     return shm.pack(fixed)[0]
 
 
 def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDone:
     """Run each part of a batch with its own function; each part's error stays its own."""
+    loading = time.monotonic()
     try:
         for fn_id, blob in msg.functions:
             functions[fn_id] = serialization.loads_function(blob)
@@ -159,6 +162,7 @@ def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDon
     errors: list[TaskError] = []
     seconds: list[float] = []
     perf_counter = time.perf_counter
+    first = time.monotonic()  # the statistics' clock, see ChunkDone
     for part, ((_, mode), fn, item) in enumerate(zip(msg.parts, fns, items)):  # noqa: B905
         started = perf_counter()
         try:
@@ -173,7 +177,8 @@ def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDon
             errors.append(_task_error(part, exc))
         seconds.append(perf_counter() - started)
     _flush_queues()
-    return BatchDone(msg.batch_id, values, tuple(errors), tuple(seconds), rss_bytes())
+    return BatchDone(msg.batch_id, values, tuple(errors), tuple(seconds), rss_bytes(), None,
+                     first, first - loading)
 
 
 def _lifeline(fd: int) -> None:
@@ -241,7 +246,9 @@ def worker_main(
 
     threading.Thread(target=_lifeline, args=(task_conn.fileno(),), daemon=True).start()
     functions: dict[int, Any] = {}
-    perf_counter = time.perf_counter
+    # The statistics compare this clock with the manager's: CLOCK_MONOTONIC is system-wide on
+    # Linux (see _engine/recording.py), and as cheap to read as perf_counter.
+    monotonic = time.monotonic
 
     while True:
         if not task_conn.poll(0):
@@ -250,6 +257,7 @@ def worker_main(
             data = task_conn.recv_bytes()
         except (EOFError, OSError):
             return  # the manager is gone: nobody to report to
+        received = monotonic()
         msg = serialization.loads(data)
         del data
         if isinstance(msg, Stop):
@@ -287,11 +295,12 @@ def worker_main(
             result_conn.send_bytes(serialization.dumps(done))
             _give_back(kept, result_conn)
             continue
-        started = perf_counter()
+        started = monotonic()
         values, errs = _run(fn, items, msg.mode, msg.stop_on_error)
-        seconds = perf_counter() - started
+        seconds = monotonic() - started
         _flush_queues()
-        done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes())
+        done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes(),
+                         None, started, started - received)
         result_conn.send_bytes(_encode_done(done))
         del items, values, errs, done
         _give_back(kept, result_conn)
