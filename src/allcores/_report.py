@@ -16,6 +16,7 @@ time buckets (their sums kept) so that a 200,000-chunk run still opens in about 
 from __future__ import annotations
 
 import html
+import importlib.util
 import os
 import tempfile
 import time
@@ -59,13 +60,7 @@ def report(stats: RunStats, path: str | os.PathLike[str]) -> Path:
             f"report() takes the RunStats of a run (MapResults.stats, pool.statistics()), "
             f"got {type(stats).__name__}"
         )
-    target = Path(os.fspath(path))
-    if target.is_dir():
-        raise IsADirectoryError(f"{target} is a directory: give the report a file name, "
-                                "e.g. run.html")
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"cannot write the report to {target}: the directory "
-                                f"{target.parent} does not exist")
+    target = check_path(path)
     text = render(stats)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -79,6 +74,21 @@ def report(stats: RunStats, path: str | os.PathLike[str]) -> Path:
         except OSError:
             pass
         raise
+    return target
+
+
+def check_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if a report can be written there, else a clear error (also when
+    Bokeh is missing): tools check before their run, not after it."""
+    target = Path(os.fspath(path))
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory: give the report a file name, "
+                                "e.g. run.html")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot write the report to {target}: the directory "
+                                f"{target.parent} does not exist")
+    if importlib.util.find_spec("bokeh") is None:
+        raise ImportError(_INSTALL_HINT)
     return target
 
 

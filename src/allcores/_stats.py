@@ -174,6 +174,20 @@ def call_stats(record: CallRecord, pool_workers: int | None = None) -> RunStats:
     )
 
 
+def calls_stats(records: Sequence[CallRecord], workers: int, name: str = "") -> RunStats:
+    """The statistics of several calls taken as one run (a batch tool's waves of work)."""
+    if not records:
+        return empty_stats(name, workers, 0.0, 0)
+    ended = [r.ended for r in records]
+    functions = tuple((r.job, r.function) for r in records)
+    return _build(
+        "call", ", ".join(sorted({r.function for r in records})), workers,
+        min(r.created for r in records), None if None in ended else max(e for e in ended if e),
+        [s for r in records for s in r.spans], [e for r in records for e in r.incidents],
+        sum(r.pack_seconds for r in records), functions,
+    )
+
+
 def pool_stats(recorder: Recorder) -> RunStats:
     """The statistics of everything a pool ran, from its start to its end (or now)."""
     functions = dict(recorder.functions)

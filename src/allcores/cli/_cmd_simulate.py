@@ -52,7 +52,11 @@ def register(subparsers: Any) -> None:
     common.add_argument(
         "--progress", action="store_true", help="show a progress bar with the running estimate"
     )
-    common.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    common.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object (its run statistics under "
+                        "\"stats\")")
+    common.add_argument("--report", metavar="FILE.html", default=None,
+                        help="write an HTML report of where the run's time went")
 
     parser = subparsers.add_parser(
         "simulate",
@@ -127,8 +131,9 @@ def _run(args: argparse.Namespace) -> int:
             rtol=args.rtol,
             confidence=args.confidence,
             progress=args.progress,
+            report=args.report,
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"allcores simulate: {exc}", file=sys.stderr)
         return 2
     out = {**extra, **result.to_dict()}
@@ -154,4 +159,6 @@ def _run(args: argparse.Namespace) -> int:
         f"{result.samples:,} samples{early}, {result.seconds:.2f} s on {result.workers} "
         f"worker{'s' * (result.workers != 1)}, seed {result.seed}"
     )
+    if args.report:
+        print(f"report: {args.report}")
     return 0

@@ -20,8 +20,8 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from allcores.simulate._stats import Moments, z_score
@@ -80,12 +80,16 @@ class SimulationResult:
     """True when the precision target was reached before all ``samples`` were drawn."""
     workers: int
     """Worker processes used (1 means it ran in this process)."""
+    stats: Any = field(default=None, compare=False, repr=False)
+    """Where the run's time went: an :class:`allcores.RunStats` over all its tasks."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; an infinite error (fewer than 2 samples) becomes ``None``."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stats"}
         d["interval"] = [_finite_or_none(x) for x in self.interval]
         d["stderr"] = _finite_or_none(self.stderr)
+        if self.stats is not None:
+            d["stats"] = self.stats.to_dict()
         return d
 
 
@@ -100,6 +104,7 @@ def simulate(
     rtol: float | None = None,
     confidence: float = 0.95,
     progress: bool = False,
+    report: str | os.PathLike[str] | None = None,
 ) -> SimulationResult:
     """Run a Monte Carlo simulation on every core; the estimate is the mean of all samples.
 
@@ -117,7 +122,9 @@ def simulate(
         target_stderr: stop once the standard error is at most this.
         rtol: stop once the interval's half-width is at most ``rtol * abs(estimate)``.
         confidence: level of the reported interval (and of ``rtol``).
-        progress: show a progress bar with the running estimate and its error (needs tqdm).
+        progress: show a progress bar with the running estimate and its error.
+        report: a path: write an HTML report of where the run's time went (see
+            :func:`allcores.report`); ``result.stats`` has the numbers either way.
 
     Example::
 
@@ -138,7 +145,11 @@ def simulate(
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     has_target = target_stderr is not None or rtol is not None
     entropy = _resolve_seed(seed)
-    n_workers = _resolve_workers(workers)
+    from allcores._batch import BatchRun
+
+    run = BatchRun(workers, tool="simulate", progress=progress, total=total, unit="sample",
+                   report=report)
+    n_workers = run.workers
 
     n_blocks = -(-total // BLOCK_SAMPLES)
     if chunk_size is not None:
@@ -162,32 +173,27 @@ def simulate(
             return True
         return rtol is not None and z * m.stderr <= rtol * abs(m.mean)
 
-    bar = _progress_bar(total) if progress else None
     moments = Moments()
     stopped = False
-    try:
+    with run:
         for start in range(0, len(starts), wave):
             tasks = [
                 (first, min(per_task, n_blocks - first)) for first in starts[start : start + wave]
             ]
-            results = _run_tasks(run_task, tasks, n_workers)
-            for block_stats in results:
+            # chunksize=1: a task is already sized to a worker's share (TASKS_PER_WORKER)
+            for block_stats in run.imap(run_task, tasks, ordered=True, chunksize=1):
                 if stopped:
                     continue  # drain the wave: its tasks are already running
+                drawn = 0
                 for n, mean, m2 in block_stats:
                     moments = moments.merge(Moments(n, mean, m2))
-                    if bar is not None:
-                        bar.update(n)
+                    drawn += n
                     if has_target and reached(moments):
                         stopped = True
                         break
-                if bar is not None:
-                    bar.set_postfix_str(f"estimate={moments.mean:.7g} ± {moments.stderr:.2g}")
+                run.advance(drawn, f"estimate={moments.mean:.7g} ± {moments.stderr:.2g}")
             if stopped:
                 break
-    finally:
-        if bar is not None:
-            bar.close()
 
     half = z * moments.stderr
     return SimulationResult(
@@ -201,6 +207,7 @@ def simulate(
         seed=entropy,
         stopped_early=stopped and moments.n < total,
         workers=n_workers,
+        stats=run.stats,
     )
 
 
@@ -243,16 +250,6 @@ def _check_output(model: Any, values: Any, n: int) -> Any:
     return arr
 
 
-def _run_tasks(
-    fn: Callable[[tuple[int, int]], Any], tasks: list[tuple[int, int]], workers: int
-) -> Iterator[Any]:
-    if workers == 1 or len(tasks) == 1:
-        return map(fn, tasks)  # no processes to start; the result is identical anyway
-    import allcores
-
-    return iter(allcores.imap(fn, tasks, workers=workers, ordered=True, chunksize=1))
-
-
 def _resolve_model(model: Any) -> Callable[[Any, int], Any]:
     from allcores.simulate.models import BY_NAME
 
@@ -285,29 +282,6 @@ def _resolve_seed(seed: int | None) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     return seed
-
-
-def _resolve_workers(workers: int | None) -> int:
-    if workers is None:
-        try:
-            import allcores
-
-            return max(1, int(allcores.cpu_count()))
-        except (ImportError, AttributeError):
-            return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int or None, got {workers!r}")
-    return workers
-
-
-def _progress_bar(total: int) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        raise ImportError(
-            "progress=True needs tqdm; install it with: pip install 'allcores[progress]'"
-        ) from None
-    return tqdm(total=total, unit="sample", unit_scale=True, desc="simulate")
 
 
 def _name(model: Any) -> str:
