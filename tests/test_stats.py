@@ -165,3 +165,14 @@ def test_compact_keeps_every_sum(raw, target):
         assert len(merged) <= lanes * (max(1, target // lanes) + 1)
     assert min(s.start for s in merged) == min(s.start for s in spans)
     assert max(s.end for s in merged) == max(s.end for s in spans)
+
+
+def test_batched_tiny_applies_are_recorded_one_by_one():
+    """Single-item jobs travel to a worker in batches; each still gets its own record."""
+    with allcores.Pool(2) as pool:
+        handles = [pool.apply_async(abs, (-i,)) for i in range(300)]
+        assert [h.get(timeout=60) for h in handles] == list(range(300))
+        stats = pool.statistics()
+    assert stats.items == 300 and stats.chunks == 300
+    assert sum(w.tasks for w in stats.per_worker) == 300
+    assert all(0 <= s.start <= s.end for s in stats.spans)
