@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _multiprocessing
 import gc
+import glob
 import os
 import pickle
 import pwd
@@ -321,3 +322,19 @@ def test_a_received_segment_must_be_ours_and_private(change):
             shm.unpack(data)
     finally:
         unlink_quietly(path)
+
+
+@needs_root
+def test_a_queue_spill_file_that_is_not_ours_is_refused_not_unpickled():
+    q = allcores.Queue()
+    try:
+        q.put(b"x" * (_queue.RING_BYTES // 2))  # bigger than a record: it spills to a file
+        q.flush()
+        (spill,) = glob.glob(f"/dev/shm/{q._ring_name[1:]}-x*")
+        give_to_nobody(spill)  # what a file someone else put at that name looks like
+        with pytest.raises(ForeignObjectError, match="spill"):
+            q.get(timeout=10)
+    finally:
+        q.close()
+        for path in glob.glob(f"/dev/shm/{q._ring_name[1:]}-x*"):
+            unlink_quietly(path)
