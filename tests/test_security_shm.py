@@ -126,9 +126,9 @@ def test_another_users_leftovers_stop_no_one_elses_pool():
             assert sem.acquire(True, 0.01) is False  # a wait that times out
             _resources._me.holder = None  # unlinks it (the tracker is root's, not used)
 
+        # (Whether the files are still there is not checked: any sweep running as root, such
+        # as another test run on this machine, may rightly remove root's dead leftovers.)
         assert as_nobody(everything_a_user_does) == "ok"
-        for path in planted:
-            assert os.path.exists(path)  # not ours to judge, let alone remove
     finally:
         for path in planted:
             unlink_quietly(path)
