@@ -13,6 +13,8 @@ import sys
 
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import allcores
 from _robust_tasks import (
@@ -252,3 +254,24 @@ def test_descendants_are_found_with_and_without_the_proc_children_files():
         child.kill()
         child.wait(10)
         child.stdout.close()
+
+
+@given(
+    sizes=st.lists(st.integers(0, 3000), max_size=20),
+    cuts=st.lists(st.integers(1, 5000), max_size=40),
+)
+def test_messages_cut_anywhere_by_reads_come_out_whole_and_in_order(sizes, cuts):
+    """The manager reads whatever a pipe holds and cuts messages from it: any split of the
+    byte stream into reads yields exactly the messages sent, a partial one only once whole."""
+    from allcores._engine import processes
+
+    sent = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    stream = b"".join(processes.frame(m) for m in sent)
+    inbox, got, pos = bytearray(), [], 0
+    for cut in [*cuts, len(stream)]:
+        inbox += stream[pos : pos + cut]
+        pos += cut
+        while (message := processes.take_frame(inbox)) is not None:
+            got.append(message)
+        assert got == sent[: len(got)]
+    assert got == sent and not inbox

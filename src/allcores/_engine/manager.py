@@ -9,23 +9,25 @@ How a task travels::
       builds a Job + sink  --->   Submit/Cancel/Forget commands
                                   (a deque + the wake pipe)
                                   select() over the wake pipe,
-                                  result pipes, worker sentinels,
+                                  result pipes, worker pidfds,
                                   outboxes waiting to be written,
                                   and the next deadline
                                   Job.next_chunk() (ChunkSizer)
                                   outbox -> non-blocking write  RunChunk   main thread:
-                                                         ----------------> recv, run fn(item)...
+                                                          (or RunBatch) -> recv, run fn(item)...
                                                                  ChunkDone
-                                  Job.complete()   <---------------------- values, errors,
-                                  Reorderer -> sink                        seconds, rss
-      sink.get() / next()  <---   sink.deliver()/finish()/fail()           (+ a lifeline thread
-                                                                         that exits the worker
-                                                                         when the parent dies)
+                                  non-blocking read -> inbox <------------ values, errors,
+                                  whole messages unpickled  (or BatchDone) seconds, rss
+                                  Job.complete()
+                                  Reorderer -> sink                        (+ a lifeline thread
+      sink.get() / next()  <---   sink.deliver()/finish()/fail()           that exits the worker
+                                                                           when the parent dies)
 
 One ``select`` tells the manager everything: a command arrived, a result arrived, a worker died
-(its sentinel became readable), a worker's pipe can take more of its outbox, or a deadline
-passed (a timeout or a retry's backoff). It never polls, and never blocks writing: a message the
-pipe cannot take waits in the worker's outbox. Each worker has its own pair of pipes, so the
+(its pidfd, or its sentinel where there are no pidfds, became readable), a worker's pipe can take
+more of its outbox, or a deadline passed (a timeout or a retry's backoff). It never polls, and
+never blocks on one worker: a message the pipe cannot take waits in the worker's outbox, and a
+message that has only partly arrived waits in its inbox. Each worker has its own pair of pipes, so the
 manager always knows which chunks a dead worker held: the running one is re-run item by item to
 find the culprit, queued ones are resent.
 
