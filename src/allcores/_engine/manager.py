@@ -27,9 +27,9 @@ One ``select`` tells the manager everything: a command arrived, a result arrived
 (its pidfd, or its sentinel where there are no pidfds, became readable), a worker's pipe can take
 more of its outbox, or a deadline passed (a timeout or a retry's backoff). It never polls, and
 never blocks on one worker: a message the pipe cannot take waits in the worker's outbox, and a
-message that has only partly arrived waits in its inbox. Each worker has its own pair of pipes, so the
-manager always knows which chunks a dead worker held: the running one is re-run item by item to
-find the culprit, queued ones are resent.
+message that has only partly arrived waits in its inbox. Each worker has its own pair of pipes,
+so the manager always knows which chunks a dead worker held: the running one is re-run item by
+item to find the culprit, queued ones are resent.
 
 The manager keeps the I/O and the bookkeeping of workers; a :class:`Job` keeps its own (chunks
 out and back, retries due, settling exactly once), and pure decisions live in ``scheduler.py``.
