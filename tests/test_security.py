@@ -15,6 +15,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import allcores
 from allcores import data
@@ -231,3 +233,28 @@ def test_apply_puts_the_current_folder_on_sys_path_for_its_own_import_only(
         assert fn([1, 2, 3]) == 3
     finally:
         sys.modules.pop("mystats_sec", None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.lists(st.integers(0, 99), min_size=1, max_size=5), min_size=1, max_size=30),
+    partitions=st.integers(1, 4),
+)
+def test_every_row_of_the_wrong_width_is_found_wherever_the_cuts_fall(tmp_path, rows, partitions):
+    """Whatever the widths and however the file is cut, reading either returns every row
+    (all three fields each) or raises at the first row of another width, naming its line."""
+    path = tmp_path / "rows.csv"
+    path.write_text("a,b,c\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    bad = [i for i, r in enumerate(rows) if len(r) != 3]
+    parts = data.plan(path, partitions)
+    try:
+        frames = [data.read_partition(p) for p in parts]
+    except DataError as exc:
+        assert bad, f"a good file was refused: {exc}"
+        # partitions are read in file order: the first row of another width, by its line
+        assert exc.line - 2 == bad[0]
+        assert f"found {len(rows[exc.line - 2])}" in str(exc)
+        return
+    assert not bad, f"rows {bad} of the wrong width were read without an error"
+    got = [list(t) for f in frames for t in f.itertuples(index=False)]
+    assert got == rows
