@@ -258,3 +258,24 @@ def test_every_row_of_the_wrong_width_is_found_wherever_the_cuts_fall(tmp_path, 
     assert not bad, f"rows {bad} of the wrong width were read without an error"
     got = [list(t) for f in frames for t in f.itertuples(index=False)]
     assert got == rows
+
+
+_plain = st.text("abc 12", max_size=4)
+_quoted = st.text('ab,"\n', max_size=5).map(lambda t: '"' + t.replace('"', '""') + '"')
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.lists(st.one_of(_plain, _quoted), min_size=3, max_size=3),  # mostly rows of the width
+    st.lists(st.one_of(_plain, _quoted), min_size=1, max_size=4),
+), max_size=8))
+def test_the_fast_row_check_agrees_with_the_csv_module(rows):
+    """The numpy check that clears legal files must never clear a file the exact (csv module)
+    check refuses: too many or too few fields, or a quoted line break."""
+    from allcores.data import _partition
+
+    text = "".join(",".join(r) + "\n" for r in rows).encode()
+    part = _partition.Partition(str(__file__), 0, "csv", ("a", "b", "c"), 0, 0)
+    exact_ok = _partition._first_bad_row(part, text) is None if text else True
+    if _partition._rows_look_right(text, 3):
+        assert exact_ok

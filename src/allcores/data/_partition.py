@@ -261,16 +261,47 @@ def _check_rows(part: Partition, data: bytes) -> None:
     """Raise :class:`DataError` for the first row of ``data`` that is not a plain CSV row of
     the header's width: too many or too few fields, or a quoted field holding a line break.
 
-    Python's csv module, not pandas: pandas gives a missing field and an empty one the same
-    value. Only partitions whose comma count is off get here.
+    Not pandas: it gives a missing field and an empty one the same value. Only partitions whose
+    comma count is off get here; most are legal files with quoted commas, which
+    :func:`_rows_look_right` clears at numpy speed (the csv module takes ~5 s per 32 MiB).
     """
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         raise not_utf8_error(part, data) from None
-    error = _first_bad_row(part, data)
+    if _rows_look_right(data, len(part.columns)):
+        return
+    error = _first_bad_row(part, data)  # exact, and the message; slow, but only on bad input
     if error is not None:
         raise error
+
+
+def _rows_look_right(data: bytes, fields: int) -> bool:
+    """Whether every non-blank line has ``fields`` fields and no quoted field spans lines.
+
+    Vectorised: a comma counts when an even number of quote characters precede it on its
+    line (``""`` inside a quoted field keeps the parity), and a line break after an odd number
+    is inside a quoted field. A stray quote in an unquoted field can only make this answer
+    False, which sends the partition to the exact check.
+    """
+    import numpy as np
+
+    b = np.frombuffer(data, dtype=np.uint8)
+    if not len(b):
+        return True
+    inside = np.cumsum(b == 34, dtype=np.uint8) & 1  # parity survives the uint8 wrap-around
+    breaks = np.flatnonzero(b == 10)
+    if inside[breaks].any():
+        return False  # a line break inside quotes
+    ends = np.append(breaks, len(b)) if breaks.size == 0 or breaks[-1] != len(b) - 1 else breaks
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    keep = starts < len(b)
+    starts, ends = starts[keep], ends[keep]
+    commas = np.add.reduceat((b == 44) & (inside == 0), starts, dtype=np.int64)
+    # reduceat gives a neighbour's count for an empty line (start == end): those are blank
+    nonblank = np.add.reduceat(b > 32, starts, dtype=np.int64) > 0
+    nonblank &= ends > starts
+    return bool((commas[nonblank] == fields - 1).all())
 
 
 def not_utf8_error(part: Partition, data: bytes) -> DataError:
