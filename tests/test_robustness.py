@@ -10,6 +10,8 @@ import importlib
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
@@ -275,3 +277,38 @@ def test_messages_cut_anywhere_by_reads_come_out_whole_and_in_order(sizes, cuts)
             got.append(message)
         assert got == sent[: len(got)]
     assert got == sent and not inbox
+
+
+@pytest.mark.timeout(60)
+def test_without_pidfds_a_timeout_is_still_reported_at_once(tmp_path):
+    """Where os.pidfd_open is missing (kernels before 5.3, macOS), a worker killed for a timeout
+    is reaped with waitpid right after the kill, not when its forked helper lets go of the
+    sentinel. Run in a fresh interpreter without pidfd_open."""
+    path = tmp_path / "helper.pid"
+    script = textwrap.dedent(f"""
+        import os, sys
+        del os.pidfd_open
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import allcores
+        from _robust_tasks import fork_helper_then
+        with allcores.Pool(1, timeout=1) as pool:
+            try:
+                pool.apply(fork_helper_then, ({str(path)!r}, "hang"))
+            except allcores.TaskTimeoutError:
+                print("timed out")
+            print(pool.map(abs, [-1, -2]))
+    """)
+    helper = None
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=30)
+        assert out.stdout.split("\n")[:2] == ["timed out", "[1, 2]"], out.stderr
+        helper = _reap(path)
+        assert helper is not None
+        helper.wait(10)  # killed with the worker
+        helper = None
+    finally:
+        helper = helper or _reap(path)
+        if helper is not None and helper.is_running():
+            helper.kill()
+            helper.wait(10)
