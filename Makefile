@@ -48,7 +48,8 @@ bench: $(STAMP)
 	-$(PY) benchmarks/imap_memory.py --json bench-out/imap_memory.json
 	-$(PY) benchmarks/reliability.py --json bench-out/reliability.json
 	-$(PY) benchmarks/chaos.py
-	-$(PY) benchmarks/apply_async.py
+	-$(PY) benchmarks/apply_async.py --json bench-out/apply_async.json
+	-$(PY) benchmarks/w3s_skew.py --json bench-out/w3s.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ keeps its own result, error, crash report and retry. Real processes throughout."
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 
 import pytest
 
@@ -102,3 +103,47 @@ def test_a_cancelled_future_in_a_batch_never_runs():
                 assert f.cancelled()
             else:
                 assert f.result(timeout=60) == 2 * futures.index(f)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind,calls", [("apply_async", 1_000_000), ("submit", 100_000)])
+def test_a_million_pending_calls_stay_small(kind, calls):
+    """Pending calls wait in the parent as small records (jobs.Call), never in a pipe: with
+    both workers held up, a million apply_async calls return at once and hold well under
+    2 KB each (docs/design.md gives the figure); terminate fails them all promptly."""
+    read_end, write_end = os.pipe()
+    pool = allcores.Pool(2) if kind == "apply_async" else allcores.Executor(2)
+    try:
+        def call(fn, *args):
+            return pool.apply_async(fn, args) if kind == "apply_async" else pool.submit(fn, *args)
+
+        blockers = [call(os.read, read_end, 1) for _ in range(2)]  # both workers held
+        before = _rss()
+        pending = [call(double, i) for i in range(calls)]
+        grown = _rss() - before
+        assert grown / calls < 2048, f"{grown / calls:.0f} bytes per pending call"
+        os.write(write_end, b"xx")
+        first = blockers[0].get(timeout=60) if kind == "apply_async" else blockers[0].result(60)
+        assert first == b"x"
+        if kind == "apply_async":
+            assert pending[0].get(timeout=60) == 0  # they do run once the workers are free
+        else:
+            assert pending[0].result(timeout=60) == 0
+    finally:
+        if kind == "apply_async":
+            pool.terminate()
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
+        os.close(read_end)
+        os.close(write_end)
+    last = pending[-1]
+    if kind == "apply_async":
+        with pytest.raises(allcores.PoolClosedError):
+            last.get(timeout=60)
+    else:
+        assert last.cancelled() or last.done()

@@ -21,7 +21,7 @@ from typing import Any
 from allcores import errors as _errors
 from allcores._engine import serialization
 from allcores._engine.cpu import cpu_count
-from allcores._engine.jobs import Job, Sink
+from allcores._engine.jobs import Call, Job, Sink
 from allcores._engine.manager import Manager
 from allcores._engine.messages import CALL_ONE
 from allcores._engine.options import TaskOptions
@@ -295,9 +295,21 @@ class LocalEngine(Engine):
         options: TaskOptions | None = None,
         on_dispatch: Callable[[], bool] | None = None,
         max_outstanding: int | None = None,
-    ) -> Job:
+    ) -> Job | Call:
         options = options or self.options
         fn_id, blob, cached = self._register(fn)
+        if (
+            type(iterable) is list
+            and len(iterable) == 1
+            and max_outstanding is None
+            and not options.progress
+        ):
+            # One item (apply_async, submit): a small Call until it is dispatched, so a million
+            # pending calls stay cheap (see jobs.Call).
+            call = Call(fn_id, blob, cached, iterable[0], sink, mode, options, on_dispatch,
+                        self.workers, function_name(fn))
+            self._manager.submit(call)
+            return call
         job = Job(
             fn_id,
             blob,

@@ -594,6 +594,58 @@ class Job:
         return None
 
 
+class Call:
+    """One call of one item (``apply_async``, ``submit``) waiting in the manager's queue.
+
+    A pending call is kept this small, and becomes a full :class:`Job` only when it reaches the
+    head of the queue (:meth:`job`): a million pending ``apply_async`` calls then hold about a
+    million of these (~100 bytes each), their arguments and their result objects, not a million
+    jobs with their sizers, queues and reorderers (~3 KB each, and three times the objects for
+    the garbage collector to walk).
+    """
+
+    __slots__ = (
+        "finished",
+        "fn_blob",
+        "fn_cached",
+        "fn_id",
+        "function",
+        "item",
+        "mode",
+        "on_dispatch",
+        "options",
+        "sink",
+        "workers",
+    )
+
+    def __init__(self, fn_id: int, fn_blob: bytes, fn_cached: bool, item: Any, sink: Sink,
+                 mode: int, options: TaskOptions, on_dispatch: Callable[[], bool] | None,
+                 workers: int, function: str = "") -> None:
+        self.fn_id = fn_id
+        self.fn_blob = fn_blob
+        self.fn_cached = fn_cached
+        self.item = item
+        self.sink = sink
+        self.mode = mode
+        self.options = options
+        self.on_dispatch = on_dispatch
+        self.workers = workers
+        self.function = function
+        self.finished = False
+
+    def job(self) -> Job:
+        """The job that runs this call."""
+        return Job(self.fn_id, self.fn_blob, [self.item], self.sink, workers=self.workers,
+                   mode=self.mode, options=self.options, on_dispatch=self.on_dispatch,
+                   fn_cached=self.fn_cached, function=self.function)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail the call before it ever became a job (pool stopped, cancelled)."""
+        if not self.finished:
+            self.finished = True
+            self.sink.fail(error)
+
+
 def release(chunk: Chunk) -> None:
     """Forget a chunk's packed form, freeing shared memory a dead worker never consumed."""
     if chunk.segments:

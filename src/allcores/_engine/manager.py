@@ -51,7 +51,7 @@ from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import processes, recording, serialization, shm
-from allcores._engine.jobs import Chunk, Job, add_note, attach_traceback, release
+from allcores._engine.jobs import Call, Chunk, Job, add_note, attach_traceback, release
 from allcores._engine.messages import (
     BatchDone,
     ChunkDone,
@@ -106,9 +106,9 @@ _RUNNING, _CLOSING, _TERMINATING, _DONE = range(4)
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Run ``job``."""
+    """Run ``job`` (a one-item :class:`Call` becomes a job once it is dispatched)."""
 
-    job: Job
+    job: Job | Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +171,11 @@ class Manager:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._handles: dict[int, WorkerHandle] = {}
-        self._feedable: collections.deque[Job] = collections.deque()
-        self._queued: set[Job] = set()  # the jobs in _feedable (a deque's `in` is O(n))
-        self._jobs: set[Job] = set()
+        # Jobs with chunks to send, in arrival order; a one-item Call waits here as itself and
+        # becomes a Job when it reaches the head (_head).
+        self._feedable: collections.deque[Job | Call] = collections.deque()
+        self._queued: set[Job | Call] = set()  # the jobs in _feedable (a deque's `in` is O(n))
+        self._jobs: set[Job | Call] = set()
         self._retrying: set[Job] = set()  # jobs with retries waiting out a backoff
         self._unpushed: set[WorkerHandle] = set()  # outboxes filled this round
         self._chunk_ids = itertools.count()
@@ -192,7 +194,7 @@ class Manager:
 
     # -- the caller's side (any thread) ----------------------------------------------------
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | Call) -> None:
         with self._state_lock:
             if self._broken is not None:
                 raise self._broken
@@ -340,6 +342,11 @@ class Manager:
             command = self._commands.popleft()
             if isinstance(command, Submit):
                 job = command.job
+                if isinstance(job, Call):
+                    self._jobs.add(job)
+                    self._feedable.append(job)
+                    self._queued.add(job)
+                    continue
                 known = self._function_costs.get(job.fn_id)
                 if known is not None and job.sizer.cost is None:
                     job.sizer.cost = known  # apply_async in a loop: the cost is known already
@@ -353,7 +360,10 @@ class Manager:
                 self._settle(job)  # an empty input
             elif isinstance(command, Cancel):
                 command.job.fail(command.error)
-                self._settle(command.job)
+                if isinstance(command.job, Job):
+                    self._settle(command.job)
+                else:
+                    self._jobs.discard(command.job)
             else:
                 self._forget_function(command.fn_id)
 
@@ -393,9 +403,9 @@ class Manager:
     def _prepare_ahead(self) -> None:
         """Cut and pack the next chunk while every worker is busy, so a worker that finishes
         gets it at once: for big arguments the packing costs as much as the work."""
-        if not self._feedable:
+        job = self._head()
+        if job is None:
             return
-        job = self._feedable[0]
         if (
             job.finished
             or job.pending
@@ -464,6 +474,35 @@ class Manager:
         remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
         return in_tail(remaining, job.sizer.next_size(remaining) or 1, self.workers)
 
+    def _head(self) -> Job | None:
+        """The job at the head of the queue; a waiting one-item Call becomes its Job here."""
+        while self._feedable:
+            head = self._feedable[0]
+            if isinstance(head, Job):
+                return head
+            self._queued.discard(head)
+            self._jobs.discard(head)
+            if head.finished:  # failed while it waited (cancelled, the pool stopping)
+                self._feedable.popleft()
+                continue
+            try:
+                job = head.job()
+            except BaseException as exc:  # an engine bug must fail this call, not the pool
+                self._feedable.popleft()
+                error = _errors.InternalError(f"starting this call raised {exc!r}")
+                error.__cause__ = exc
+                head.fail(error)
+                continue
+            job.retrying = self._retrying
+            if self.recorder is not None:
+                job.recorder = self.recorder
+                self.recorder.call_started(job.record)
+            self._feedable[0] = job
+            self._queued.add(job)
+            self._jobs.add(job)
+            return job
+        return None
+
     def _pop_feedable(self) -> None:
         self._queued.discard(self._feedable.popleft())
 
@@ -476,7 +515,9 @@ class Manager:
         budget = prefetch_budget(queued) if busy and queued is not None else None
         skipped = 0  # jobs passed over for now
         while self._feedable and skipped < min(len(self._feedable), DISPATCH_SCAN_JOBS):
-            job = self._feedable[0]
+            job = self._head()
+            if job is None:
+                break
             if job.finished or (job.exhausted and not job.pending):
                 self._pop_feedable()
                 self._settle(job)
@@ -531,7 +572,9 @@ class Manager:
         seconds = self._chunk_seconds(first) or 0.0
         self._drop_sent(first.job)
         while len(batch) < limit and self._feedable:
-            job = self._feedable[0]
+            job = self._head()
+            if job is None:
+                break
             if job.finished or (job.exhausted and not job.pending):
                 self._pop_feedable()
                 self._settle(job)
@@ -985,7 +1028,7 @@ class Manager:
         self._handles[slot] = handle
         if self.recorder is not None:
             self.recorder.incident("start", slot, None, f"{handle.label} started",
-                                   also=[job.record for job in self._jobs])
+                                   also=[j.record for j in self._jobs if isinstance(j, Job)])
         self._selector.register(handle.result_conn, selectors.EVENT_READ, ("result", handle))
         self._selector.register(handle.sentinel, selectors.EVENT_READ, ("exit", handle))
 
