@@ -12,7 +12,8 @@ How a task travels::
                                   result pipes, worker pidfds,
                                   outboxes waiting to be written,
                                   and the next deadline
-                                  Job.next_chunk() (ChunkSizer)
+                                  Job.next_chunk() (ChunkSizer),
+                                  has_room, batching (scheduler)
                                   outbox -> non-blocking write  RunChunk   main thread:
                                                           (or RunBatch) -> recv, run fn(item)...
                                                                  ChunkDone
