@@ -172,6 +172,9 @@ def test_demo_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "8 done" in result.stdout and "speedup" in result.stdout
     assert (tmp_path / "demo" / "dataset.npz").is_file()
+    report = tmp_path / "demo" / "report.html"  # beside the outputs, its path printed last
+    assert result.stdout.strip().splitlines()[-1] == f"  report: {report}"
+    assert "allcores run report" in report.read_text()
 
 
 def test_the_command_line_imports_pillow_only_when_an_image_command_runs():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -233,3 +235,34 @@ def test_a_bad_report_path_fails_before_the_map_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         allcores.map(os.mkdir, [str(ran)], workers=2, report=tmp_path / "missing" / "r.html")
     assert not ran.exists()  # the task never ran
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "allcores", *args], capture_output=True,
+                          text=True, timeout=150, cwd=cwd)
+
+
+@pytest.mark.parametrize("tool", ["images", "data", "simulate"])
+def test_each_cli_tool_writes_a_report_that_opens(browser, tmp_path, tool):
+    """`--report` on the three batch tools: a clean page, one lane per worker, the figures of
+    the run as `--json` reports them."""
+    report = tmp_path / f"{tool}.html"
+    if tool == "images":
+        args = ["images", "--sample", "16", str(tmp_path / "out"), "--size", "32"]
+    elif tool == "data":
+        sample = _cli("data", str(tmp_path / "t.csv"), "--sample", "20000", cwd=tmp_path)
+        assert sample.returncode == 0, sample.stderr
+        args = ["data", str(tmp_path / "t.csv"), "--partitions", "4"]
+    else:
+        args = ["simulate", "pi", "--samples", "2e6", "--seed", "1"]
+    run = _cli(*args, "--workers", "2", "--json", "--report", str(report), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(run.stdout)["stats"]
+    assert stats["workers"] == 2 and stats["items"] >= 2
+    page = _open(browser, report)
+    _check_clean(page, report)
+    assert sorted(_model(browser, "timeline", "m.y_range.factors")) == ["worker 0", "worker 1"]
+    figures = _summary(browser)
+    assert figures["Items"] == f"{stats['items']:,}"
+    assert figures["Workers"] == "2"
+    assert browser.find_element("id", "verdict").text == stats["verdict"]

@@ -98,7 +98,7 @@ def test_an_interrupted_run_without_manifest_still_resumes_its_own_outputs(tmp_p
         photo(src / f"{i}.png", size=(80, 60))
     dst.mkdir()
     Image.new("RGB", (16, 12)).save(dst / "0.png")  # right size, but from an unknown run
-    steps = _run._check_options(16, "fit", None, None, 85, 2, 10**8)
+    steps = _run._check_options(16, "fit", None, None, 85, 10**8)
     trusted, since = _run._vouch(str(dst / _run.MANIFEST_FILE), steps.settings())
     assert not trusted and since > 0
     # the "interrupted" run made image 1 only

@@ -176,3 +176,14 @@ def test_batched_tiny_applies_are_recorded_one_by_one():
     assert stats.items == 300 and stats.chunks == 300
     assert sum(w.tasks for w in stats.per_worker) == 300
     assert all(0 <= s.start <= s.end for s in stats.spans)
+
+
+def test_cpu_time_tells_waiting_from_working():
+    """A task that sleeps is in the task for its wall time but gets almost no CPU; the verdict
+    says so instead of claiming the speedup the wall times imply."""
+    out = allcores.map(functools.partial(_tasks.sleep_then, seconds=0.05), range(10), workers=2)
+    stats = out.stats
+    assert stats.busy_seconds >= 0.4
+    assert stats.cpu_seconds < 0.5 * stats.busy_seconds
+    assert sum(w.cpu_seconds for w in stats.per_worker) == pytest.approx(stats.cpu_seconds)
+    assert "got a CPU for only" in stats.verdict()

@@ -94,10 +94,16 @@ class BatchRun:
         ordered: bool = True,
         on_error: str = "raise",
         chunksize: int | str = "auto",
+        isolate: bool = False,
     ) -> Iterator[Any]:
         """``fn(item)`` for each item, results as they arrive (in order unless ``ordered`` is
-        False). ``on_error="collect"`` yields a failed item's exception in its place."""
-        if self.workers == 1 or len(items) <= 1:
+        False). ``on_error="collect"`` yields a failed item's exception in its place.
+
+        ``isolate=True`` never takes the one-core shortcut: the items run in a worker process
+        even with one worker, so an item that crashes its process (a decoder's segfault on a
+        hostile file) fails alone instead of taking the caller down.
+        """
+        if not isolate and (self.workers == 1 or len(items) <= 1):
             return self._inline(fn, items, on_error)
         from allcores._oneliners import _guarded, _pool
 
@@ -120,6 +126,7 @@ class BatchRun:
         try:
             for item in items:
                 started = clock()
+                cpu = time.process_time()
                 try:
                     value = fn(item)
                 except Exception as exc:
@@ -127,9 +134,8 @@ class BatchRun:
                         raise
                     value = exc
                 ended = clock()
-                record.spans.append(
-                    Span(0, record.job, started, ended, 1, ended - started, 0.0, 0.0, 1, 0)
-                )
+                record.spans.append(Span(0, record.job, started, ended, 1, ended - started,
+                                         0.0, 0.0, 1, 0, time.process_time() - cpu))
                 yield value
         finally:
             record.ended = clock()
@@ -173,7 +179,7 @@ class BatchRun:
         if self._report is not None:
             from allcores._report import report
 
-            report(self.stats, self._report)
+            report(self.stats, self._report, title=f"allcores {self.tool}")
 
     def __enter__(self) -> BatchRun:
         return self

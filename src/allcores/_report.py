@@ -44,7 +44,7 @@ _MARKERS = {
 _PALETTE = ("#4c78a8", "#72b7b2", "#54a24b", "#b279a2", "#9d755d", "#e45756", "#f58518")
 
 
-def report(stats: RunStats, path: str | os.PathLike[str]) -> Path:
+def report(stats: RunStats, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
     """Write an HTML report of ``stats`` to ``path`` and return the path.
 
     The file is self-contained (no network access when opened) and is written atomically: a
@@ -61,7 +61,7 @@ def report(stats: RunStats, path: str | os.PathLike[str]) -> Path:
             f"got {type(stats).__name__}"
         )
     target = check_path(path)
-    text = render(stats)
+    text = render(stats, title)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -92,8 +92,8 @@ def check_path(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def render(stats: RunStats) -> str:
-    """The report as one HTML string."""
+def render(stats: RunStats, title: str | None = None) -> str:
+    """The report as one HTML string; ``title`` names the run (default: its function)."""
     try:
         from bokeh.embed import components
         from bokeh.layouts import column
@@ -108,7 +108,7 @@ def render(stats: RunStats) -> str:
     plots = column(timeline, *others, sizing_mode="stretch_width")
     script, div = components(plots)
     resources = Resources(mode="inline", components=["bokeh"])
-    title = f"allcores run report: {stats.function or stats.scope}"
+    title = f"allcores run report: {title or stats.function or stats.scope}"
     return _PAGE.format(
         title=html.escape(title),
         resources=resources.render_js(),
@@ -136,6 +136,7 @@ def _summary_table(st: RunStats) -> str:
         ("Items per second", f"{st.items_per_second:,.0f}"),
         ("Speedup (busy time / wall time)", f"{st.speedup:.2f}"),
         ("Time in the task function", f"{st.efficiency:.1%}"),
+        ("CPU time while in the task", _cpu_share(st)),
         ("Lost to start-up", f"{st.losses.startup:.1%}"),
         ("Lost to the tail (imbalance)", f"{st.losses.tail:.1%}"),
         ("Lost to transfer (pickling, IPC)", f"{st.losses.transfer:.1%}"),
@@ -155,14 +156,21 @@ def _summary_table(st: RunStats) -> str:
     return f'<table id="summary">{body}</table>'
 
 
+def _cpu_share(st: RunStats) -> str:
+    if not st.busy_seconds:
+        return "-"
+    return f"{_seconds(st.cpu_seconds)} ({st.cpu_seconds / st.busy_seconds:.0%})"
+
+
 def _worker_table(st: RunStats) -> str:
-    head = ("Worker", "Tasks", "Chunks", "Busy", "Transfer", "Start-up", "Tail", "Idle",
+    head = ("Worker", "Tasks", "Chunks", "Busy", "CPU", "Transfer", "Start-up", "Tail", "Idle",
             "Peak memory", "Starts", "Crashes", "Timeouts", "Recycled")
     rows = []
     for w in st.per_worker:
         cells = (
             str(w.worker), f"{w.tasks:,}", f"{w.chunks:,}", _seconds(w.busy_seconds),
-            _seconds(w.transfer_seconds), _seconds(w.startup_seconds), _seconds(w.tail_seconds),
+            _seconds(w.cpu_seconds), _seconds(w.transfer_seconds), _seconds(w.startup_seconds),
+            _seconds(w.tail_seconds),
             _seconds(w.idle_seconds), f"{w.peak_rss / 2**20:.0f} MiB", str(w.starts),
             str(w.crashes), str(w.timeouts), str(w.recycled),
         )

@@ -30,6 +30,9 @@ __all__ = ["Losses", "RunStats", "WorkerStats"]
 NOTABLE_SHARE = 0.05
 # Above this efficiency (busy share) the verdict says the run used the cores well.
 GOOD_EFFICIENCY = 0.9
+# Below this share of CPU time in the task's wall time, the verdict says the cores were shared
+# (tasks that sleep or wait on I/O also land here, and the sentence says what it measured).
+CPU_SHARED = 0.75
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class WorkerStats:
     """Items stopped for running past their timeout (the process is replaced)."""
     recycled: int
     """Times it was retired on purpose (maxtasksperchild or max_memory)."""
+    cpu_seconds: float = 0.0
+    """CPU time it got while in the task function; well below ``busy_seconds`` when other
+    processes competed for its core (a busy machine, or more workers than cores)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ class RunStats:
     (the first ``MAX_INCIDENTS``; the counts above are exact)."""
     functions: tuple[tuple[int, str], ...] = ()
     """Call id -> task function name, for the spans' ``job`` field."""
+    cpu_seconds: float = 0.0
+    """CPU time the workers got while in the task function, summed; compare with
+    ``busy_seconds`` to see whether the workers had their cores to themselves."""
 
     @property
     def chunk_sizes(self) -> tuple[tuple[float, float], ...]:
@@ -271,6 +280,7 @@ def _build(
         spans=relative,
         incidents=events,
         functions=functions,
+        cpu_seconds=sum(w.cpu_seconds for w in per_worker),
     )
 
 
@@ -300,6 +310,7 @@ def _worker_stats(worker: int, lane: list[Span], kinds: list[str], t0: float, t1
     return WorkerStats(
         worker, sum(s.items for s in lane), sum(s.chunks for s in lane), busy, transfer,
         startup, tail, idle, max(s.rss for s in lane), starts, crashes, timeouts, recycled,
+        sum(s.cpu for s in lane),
     )
 
 
@@ -310,7 +321,7 @@ def _seconds(x: float) -> str:
     if x >= 100:
         return f"{x:.0f} s"
     if x >= 1:
-        return f"{x:.2g} s" if x < 10 else f"{x:.1f} s"
+        return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
     if x >= 1e-3:
         return f"{x * 1e3:.3g} ms"
     return f"{x * 1e6:.3g} us"
@@ -336,7 +347,17 @@ def _verdict(st: RunStats) -> str:
         first = next((e for e in st.incidents if e.kind in ("crash", "timeout")), None)
         cause = f" (first: {first.detail})" if first is not None else ""
         out.append(f"{' and '.join(parts)} cost restarts{cause}.")
-    if st.efficiency >= GOOD_EFFICIENCY:
+    cpu_shared = bool(st.cpu_seconds and st.busy_seconds
+                      and st.cpu_seconds < CPU_SHARED * st.busy_seconds)
+    if cpu_shared:
+        out.append(
+            f"But the workers got a CPU for only {st.cpu_seconds / st.busy_seconds:.0%} of the "
+            f"time they were in the task ({_seconds(st.cpu_seconds)} of "
+            f"{_seconds(st.busy_seconds)}): the tasks waited (I/O, sleep, locks) or other "
+            "processes competed for the cores (a busy machine, or more workers than cores); "
+            "a speedup measured against one core will be lower than the figure above."
+        )
+    if st.efficiency >= GOOD_EFFICIENCY and not cpu_shared:
         out.append("The cores were kept busy: little more is to be gained from scheduling.")
     causes = sorted(
         ((getattr(st.losses, k), k) for k in ("startup", "tail", "transfer", "idle")),
@@ -374,9 +395,10 @@ def _explain(st: RunStats, cause: str, share: float) -> str:
         )
     if cause == "transfer":
         return (
-            f"{share:.0%} went to moving data: pickling arguments and results and sending them "
-            "between processes. Share big inputs once (allcores.share), return smaller results, "
-            "or do more work per item."
+            f"{share:.0%} went to handing work over: unpickling arguments, and from each task's "
+            "end until its results reached the pool (pickling, the pipe, and waiting for a CPU "
+            "on a busy machine). If it stays large on an idle machine, share big inputs once "
+            "(allcores.share), return smaller results, or do more work per item."
         )
     return (
         f"{share:.0%} was idle between chunks: workers waited for input or for the caller to "
@@ -393,8 +415,11 @@ def _explain_tail(st: RunStats, share: float) -> str:
     if last:
         items = sum(s.items for s in last)
         per_item = sum(s.busy for s in last) / max(1, items)
-        detail = (f": the last {items} item{'s' * (items != 1)} on worker {finishing.worker} "
-                  f"took {_seconds(per_item)} each")
+        if items == 1:
+            detail = f": the last item on worker {finishing.worker} took {_seconds(per_item)}"
+        else:
+            detail = (f": the last {items} items on worker {finishing.worker} took "
+                      f"{_seconds(per_item)} each")
     return (
         f"{share:.0%} was lost in the tail: worker {waiting.worker} was idle for the last "
         f"{_seconds(waiting.tail_seconds)} while worker {finishing.worker} finished{detail}. "

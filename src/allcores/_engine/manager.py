@@ -779,12 +779,13 @@ class Manager:
             errors[err.offset] = (TaskError(0, err.error, err.traceback),)
         answers = []
         started = message.started  # the parts ran one after another from here
-        load = message.load_seconds / max(1, len(chunks))
+        share = 1 / max(1, len(chunks))
+        load, cpu = message.load_seconds * share, message.cpu_seconds * share
         for part, chunk in enumerate(chunks):
             seconds = message.seconds[part]
             answers.append((chunk, ChunkDone(
                 message.batch_id, [message.values[part]], errors.get(part, ()), 1, seconds,
-                message.rss, None, started, load,
+                message.rss, None, started, load, cpu,
             )))
             started += seconds
         return answers
@@ -813,7 +814,7 @@ class Manager:
             end = message.started + message.seconds
             self.recorder.chunk(job.record, Span(
                 handle.slot, job.id, message.started, end, message.ran, message.seconds,
-                message.load_seconds, max(0.0, now - end), 1, message.rss,
+                message.load_seconds, max(0.0, now - end), 1, message.rss, message.cpu_seconds,
             ), chunk.pack_seconds)
         if message.ran:
             job.sizer.observe(message.ran, message.seconds)

@@ -74,7 +74,9 @@ class ChunkDone:
     ``load_error`` is set when the items could not be unpickled in the worker at all.
     ``started`` is when the task function began (``time.monotonic()``, one system-wide clock on
     Linux, so the manager can compare it with its own) and ``load_seconds`` the time spent
-    unpickling the function and items before that: the run statistics' raw material.
+    unpickling the items before that, ``cpu_seconds`` the CPU time the worker got meanwhile
+    (below ``seconds`` when other processes competed for the core): the run statistics' raw
+    material.
     """
 
     chunk_id: int
@@ -86,6 +88,7 @@ class ChunkDone:
     load_error: TaskError | None = None
     started: float = 0.0
     load_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ class BatchDone:
     load_error: TaskError | None = None
     started: float = 0.0
     load_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the batch's CPU time (time.process_time), for the statistics
 
 
 @dataclass(frozen=True, slots=True)

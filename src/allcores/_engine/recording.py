@@ -50,6 +50,7 @@ class Span(NamedTuple):
     back: float  # seconds from the task's end to its results in the manager's hands
     chunks: int
     rss: int  # the worker's resident memory after the chunk, bytes
+    cpu: float = 0.0  # CPU seconds the worker got while in the task (below busy: CPU shared)
 
 
 class Incident(NamedTuple):
@@ -155,6 +156,7 @@ def compact(spans: list[Span], target: int) -> list[Span]:
             m[7] += s.back
             m[8] += s.chunks
             m[9] = max(m[9], s.rss)
+            m[10] += s.cpu
     out = [Span(*m) for m in merged.values()]
     out.sort(key=lambda s: s.start)
     return out

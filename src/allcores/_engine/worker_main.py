@@ -116,7 +116,7 @@ def _encode_done(done: ChunkDone) -> bytes:
             errors.append(TaskError(offset, err, ""))
     errors.sort(key=lambda e: e.offset)
     fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss,
-                      None, done.started, done.load_seconds)
+                      None, done.started, done.load_seconds, done.cpu_seconds)
     return shm.pack(fixed)[0]
 
 
@@ -138,16 +138,16 @@ def _encode_batch(done: BatchDone) -> bytes:
             errors.append(TaskError(part, err, ""))
     errors.sort(key=lambda e: e.offset)
     fixed = BatchDone(done.batch_id, values, tuple(errors), done.seconds, done.rss, None,
-                      done.started, done.load_seconds)
+                      done.started, done.load_seconds, done.cpu_seconds)
     return shm.pack(fixed)[0]
 
 
 def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDone:
     """Run each part of a batch with its own function; each part's error stays its own."""
-    loading = time.monotonic()
     try:
         for fn_id, blob in msg.functions:
             functions[fn_id] = serialization.loads_function(blob)
+        loading = time.monotonic()  # see worker_main: a function's first load is start-up
         items = shm.unpack(msg.items, keep=kept)
         fns = [functions[fn_id] for fn_id, _ in msg.parts]
         if len(items) != len(fns):
@@ -163,6 +163,7 @@ def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDon
     seconds: list[float] = []
     perf_counter = time.perf_counter
     first = time.monotonic()  # the statistics' clock, see ChunkDone
+    cpu = time.process_time()
     for part, ((_, mode), fn, item) in enumerate(zip(msg.parts, fns, items)):  # noqa: B905
         started = perf_counter()
         try:
@@ -178,7 +179,7 @@ def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDon
         seconds.append(perf_counter() - started)
     _flush_queues()
     return BatchDone(msg.batch_id, values, tuple(errors), tuple(seconds), rss_bytes(), None,
-                     first, first - loading)
+                     first, first - loading, time.process_time() - cpu)
 
 
 def _lifeline(fd: int) -> None:
@@ -249,6 +250,7 @@ def worker_main(
     # The statistics compare this clock with the manager's: CLOCK_MONOTONIC is system-wide on
     # Linux (see _engine/recording.py), and as cheap to read as perf_counter.
     monotonic = time.monotonic
+    process_time = time.process_time  # CPU time: below the wall time when the core is shared
 
     while True:
         if not task_conn.poll(0):
@@ -257,7 +259,7 @@ def worker_main(
             data = task_conn.recv_bytes()
         except (EOFError, OSError):
             return  # the manager is gone: nobody to report to
-        received = monotonic()
+        loading = 0.0
         msg = serialization.loads(data)
         del data
         if isinstance(msg, Stop):
@@ -282,6 +284,10 @@ def worker_main(
                 if msg.fn_blob is None:
                     raise _errors.InternalError(f"unknown function {msg.fn_id}")
                 fn = functions[msg.fn_id] = serialization.loads_function(msg.fn_blob)
+            # Unpickling a function for the first time imports its modules (Pillow, pandas:
+            # often 100 ms and more), a one-off start-up cost; the statistics count only the
+            # arguments' unpickling as transfer, so the clock starts here.
+            loading = monotonic()
             items = shm.unpack(msg.items, keep=kept)
         except BaseException as exc:
             err = _errors.ArgumentPicklingError(
@@ -296,11 +302,13 @@ def worker_main(
             _give_back(kept, result_conn)
             continue
         started = monotonic()
+        cpu = process_time()
         values, errs = _run(fn, items, msg.mode, msg.stop_on_error)
         seconds = monotonic() - started
+        cpu = process_time() - cpu
         _flush_queues()
         done = ChunkDone(msg.chunk_id, values, tuple(errs), len(values), seconds, rss_bytes(),
-                         None, started, started - received)
+                         None, started, started - loading, cpu)
         result_conn.send_bytes(_encode_done(done))
         del items, values, errs, done
         _give_back(kept, result_conn)

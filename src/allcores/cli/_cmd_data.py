@@ -72,7 +72,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )
-    p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print the outcome as one JSON object (run statistics under \"stats\")")
+    p.add_argument("--report", metavar="FILE.html", default=None,
+                   help="write an HTML report of where the run's time went")
     p.set_defaults(handler=_run)
 
 
@@ -84,15 +87,17 @@ def _run(args: argparse.Namespace) -> int:
             from allcores.cli import missing_extra
 
             raise missing_extra(module, "data") from None
+    from allcores._batch import BatchRun
     from allcores.data import DataError
 
-    if args.workers is not None and args.workers < 1:
-        print("allcores data: --workers must be at least 1", file=sys.stderr)
-        return 2
-    import allcores
-
-    args.workers_used = args.workers or allcores.cpu_count()
     started = time.perf_counter()
+    try:
+        # The one door to the engine: worker check, statistics, report (checked before work).
+        args.batch = BatchRun(args.workers, tool="data", report=args.report)
+        args.workers_used = args.batch.workers
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"allcores data: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.sample is not None:
             out = _sample(args)
@@ -110,11 +115,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"allcores data: {exc}", file=sys.stderr)
         return 2
     out["seconds"] = time.perf_counter() - started
+    if args.sample is None:
+        out["stats"] = args.batch.stats.to_dict()
+        if args.report:
+            out["report"] = args.report
     text = out.pop("_text", "")
     if args.json:
         print(json.dumps(out, default=str))
     else:
         print(text + f"{out['seconds']:.2f} s")
+        if out.get("report"):
+            print(f"report: {out['report']}")
     return 0
 
 
@@ -136,7 +147,8 @@ def _rfm(args: argparse.Namespace) -> dict[str, Any]:
     from allcores.data import plan, rfm, write_output
 
     parts = plan(args.file, args.partitions)
-    table = rfm(args.file, as_of=args.as_of, workers=args.workers, partitions=args.partitions)
+    table = rfm(args.file, as_of=args.as_of, workers=args.workers, partitions=args.partitions,
+                _run=args.batch)
     if args.output:
         write_output(table, args.output)
     segments = table["segment"].value_counts().to_dict()
@@ -178,6 +190,7 @@ def _apply(args: argparse.Namespace) -> dict[str, Any]:
         columns=columns,
         workers=args.workers,
         partitions=args.partitions,
+        _run=args.batch,
     )
     # without --reduce, frames are concatenated; anything else is listed in file order
     if not args.reduce and all(isinstance(r, (pd.DataFrame, pd.Series)) for r in result):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 #: Sized to finish in well under a minute on a 2-core machine, samples included.
 DEMO_IMAGES = 300
 DEMO_FOLDER = "demo-out"
+#: The HTML run report of the demo, written in its folder.
+REPORT_FILE = "report.html"
 
 
 def register(subparsers: Any) -> None:
@@ -19,7 +22,8 @@ def register(subparsers: Any) -> None:
             "for the next run), then make 256x256 thumbnails and a dataset of them on every "
             "core, time the same work on one core, and print the summary. Runs: "
             f"allcores images --sample {DEMO_IMAGES} {DEMO_FOLDER} --size 256 --resize fill "
-            "--dataset dataset.npz --compare-serial --force"
+            "--dataset dataset.npz --compare-serial --force --report DIR/report.html (the "
+            "HTML run report, beside the outputs)"
         ),
     )
     p.add_argument("--out", default=DEMO_FOLDER, metavar="DIR",
@@ -39,6 +43,8 @@ def _handle(args: argparse.Namespace) -> int:
         "--size", "256", "--resize", "fill", "--dataset", "dataset.npz",
         # --force: redo the work each time, so a second demo still shows the speedup
         "--compare-serial", "--force",
+        # where the time went, beside the outputs (docs/report.md); its path is printed last
+        "--report", os.path.join(args.out, REPORT_FILE),
     ]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]

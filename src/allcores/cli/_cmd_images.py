@@ -71,6 +71,8 @@ def register(subparsers: Any) -> None:
                      help="print the summary as one JSON object (and no progress bar)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
+    run.add_argument("--report", metavar="FILE.html", default=None,
+                     help="write an HTML report of where the run's time went")
     sample = p.add_argument_group("built-in sample images")
     sample.add_argument("--sample", type=int, default=None, metavar="N",
                         help=f"first generate N photo-like images in DST/{SAMPLES_FOLDER} "
@@ -108,8 +110,22 @@ def _handle(args: argparse.Namespace) -> int:
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     if args.json:
         progress = False
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be at least 1")
+    from allcores._batch import resolve_workers
+
+    try:
+        resolve_workers(args.workers)
+    except ValueError as exc:
+        parser.error(f"--workers: {exc}")
+    report_in_dst = args.report is not None and os.path.realpath(
+        os.path.dirname(os.path.abspath(args.report))) == os.path.realpath(dst)
+    if args.report is not None and not report_in_dst:  # DST is made by the run itself
+        from allcores._report import check_path
+
+        try:
+            check_path(args.report)  # before the samples and the run, not after them
+        except (OSError, ImportError) as exc:
+            print(f"allcores images: error: {exc}", file=sys.stderr)
+            return 2
 
     if args.sample is not None:
         start = time.perf_counter()
@@ -135,6 +151,7 @@ def _handle(args: argparse.Namespace) -> int:
             force=args.force,
             progress=progress,
             follow_links=args.follow_links,
+            report=args.report,
             **options,
         )
     except (ValueError, OSError) as exc:  # bad options, SRC missing, DST not writable

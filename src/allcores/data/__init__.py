@@ -52,6 +52,8 @@ def analyze(
     columns: list[str] | None = None,
     workers: int | None = None,
     partitions: int | None = None,
+    report: str | os.PathLike[str] | None = None,
+    _run: Any = None,
 ) -> Any:
     """Run ``fn(partition_dataframe)`` on every partition of a file, in parallel, and combine.
 
@@ -68,6 +70,8 @@ def analyze(
         workers: worker processes (default: every core).
         partitions: how many partitions (default: from the file size only, so the result
             does not depend on ``workers``).
+        report: a path: write an HTML report of where the run's time went
+            (see :func:`allcores.report`).
 
     Example::
 
@@ -78,7 +82,7 @@ def analyze(
     """
     parts = plan(path, partitions)
     check_columns(parts[0], columns)
-    results = _map(functools.partial(_apply, fn, columns), parts, workers)
+    results = _map(functools.partial(_apply, fn, columns), parts, workers, report, _run)
     return _combine(results, combine)
 
 
@@ -88,6 +92,8 @@ def rfm(
     as_of: Any = None,
     workers: int | None = None,
     partitions: int | None = None,
+    report: str | os.PathLike[str] | None = None,
+    _run: Any = None,
 ) -> Any:
     """Per-customer recency, frequency, monetary value, scores and segment, on every core.
 
@@ -104,7 +110,7 @@ def rfm(
     """
     parts = plan(path, partitions)
     check_columns(parts[0], list(REQUIRED_COLUMNS))
-    return rfm_finalize(_map(_rfm_task, parts, workers), as_of)
+    return rfm_finalize(_map(_rfm_task, parts, workers, report, _run), as_of)
 
 
 def rfm_frame(df: Any, *, as_of: Any = None) -> Any:
@@ -137,12 +143,21 @@ def _rfm_task(part: Partition) -> Any:
     return rfm_partial(read_partition(part, list(REQUIRED_COLUMNS), dtype), part)
 
 
-def _map(fn: Callable[[Partition], Any], parts: list[Partition], workers: int | None) -> list[Any]:
-    if workers == 1 or len(parts) == 1:
-        return [fn(p) for p in parts]  # nothing to spread; skip the round trip
-    import allcores
+def _map(
+    fn: Callable[[Partition], Any],
+    parts: list[Partition],
+    workers: int | None,
+    report: str | os.PathLike[str] | None,
+    run: Any,
+) -> list[Any]:
+    """Every partition through the batch tools' one door to the engine (``allcores._batch``):
+    one worker or one partition runs here; ``run`` is the CLI's, to read its statistics."""
+    from allcores._batch import BatchRun
 
-    return list(allcores.map(fn, parts, workers=workers, chunksize=1))
+    if run is None:
+        run = BatchRun(workers, tool="data", report=report)
+    with run:
+        return list(run.imap(fn, parts, chunksize=1))
 
 
 def _combine(results: list[Any], combine: str | Callable[[Any, Any], Any]) -> Any:

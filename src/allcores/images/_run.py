@@ -23,9 +23,8 @@ import functools
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from allcores.images import _dataset, _discover
@@ -60,7 +59,6 @@ def _check_options(
     mode: str | None,
     format: str | None,
     quality: int,
-    workers: Any,
     max_pixels: int,
 ) -> Steps:
     if resize not in RESIZE_MODES:
@@ -80,8 +78,6 @@ def _check_options(
         fmt = OUTPUT_FORMATS[format.lower()][0]
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality={quality!r} must be between 1 and 100")
-    if workers is not None and int(workers) < 1:
-        raise ValueError(f"workers={workers!r} must be at least 1")
     if int(max_pixels) < 1:
         raise ValueError(f"max_pixels={max_pixels!r} must be at least 1")
     return Steps(
@@ -92,67 +88,6 @@ def _check_options(
         quality=int(quality),
         max_pixels=int(max_pixels),
     )
-
-
-def _run_items(
-    fn: Callable[[Item], Outcome], items: list[Item], workers: int
-) -> Iterator[Outcome | BaseException]:
-    """Every item on ``workers`` processes, outcomes as they arrive.
-
-    ``on_error="collect"``: process_one never raises for a bad image, so an exception here
-    means the worker died (a segfault in a decoder, the OOM killer); it stands in the stream
-    and the caller marks the items that never answered.
-    """
-    from allcores.images._parallel import imap_unordered
-
-    yield from imap_unordered(fn, items, workers)
-
-
-class _Progress:
-    """A tqdm bar on stderr when tqdm is installed, else one plain line rewritten in place."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total = total
-        self.enabled = enabled and total > 0
-        self.bar: Any = None
-        self.count = 0
-        self.last = 0.0
-        if not self.enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, unit="img", mininterval=PROGRESS_MININTERVAL,
-                        file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, done: int, skipped: int, failed: int) -> None:
-        if not self.enabled:
-            return
-        self.count += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            now = time.monotonic()
-            if now - self.last >= PROGRESS_MININTERVAL or self.count == self.total:
-                self.bar.set_postfix(done=done, skipped=skipped, failed=failed, refresh=False)
-                self.last = now
-            return
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_MININTERVAL or self.count == self.total:
-            sys.stderr.write(
-                f"\r  {self.count}/{self.total} images: {done} done, {skipped} skipped, "
-                f"{failed} failed"
-            )
-            sys.stderr.flush()
-            self.last = now
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            sys.stderr.write("\n")
 
 
 def _load_manifest(path: str) -> dict[str, Any] | None:
@@ -229,6 +164,7 @@ class _Ran:
         self.status = bytearray(count)
         self.failures: list[ImageFailure] = []
         self.seconds = 0.0
+        self.stats: Any = None  # the run's RunStats
 
     def count(self, code: int) -> int:
         return self.status.count(code)
@@ -244,33 +180,40 @@ def _execute(
     progress: bool,
     serial: bool = False,
     per_image: Callable[[Job, Item], Outcome] = process_one,
+    report: str | os.PathLike[str] | None = None,
 ) -> _Ran:
     """Run the plan on ``workers`` processes (or in this one, ``serial=True``).
 
     ``per_image`` is a seam for the tests (a function that kills its worker on one image).
+    The engine is reached through :class:`allcores._batch.BatchRun` (progress bar, statistics,
+    report); images always run in worker processes unless ``serial``, so a decoder that crashes
+    on a hostile file fails that image alone, even with one worker.
     """
+    from allcores._batch import BatchRun
+
     fn = functools.partial(per_image, job)
     ran = _Ran(len(plan.items))
     crashes: list[BaseException] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    bar = _Progress(len(plan.items), progress)
     start = time.perf_counter()
-    stream: Iterable[Outcome | BaseException] = (
-        map(fn, plan.items) if serial else _run_items(fn, plan.items, workers)
-    )
+    run = BatchRun(1 if serial else workers, tool="images", progress=progress,
+                   total=len(plan.items), unit="img", report=report)
+    stream = run.imap(fn, plan.items, ordered=False, on_error="collect", isolate=not serial)
     try:
-        for result in stream:
-            if isinstance(result, BaseException):
-                crashes.append(result)
-                counts["failed"] += 1
-            else:
-                ran.status[result.index] = _CODES[result.status]
-                counts[result.status] += 1
-                if result.status == "failed":
-                    ran.failures.append(
-                        ImageFailure(plan.rels[result.index], result.reason, result.error)
-                    )
-            bar.update(counts["done"], counts["skipped"], counts["failed"])
+        with run:
+            for result in stream:
+                if isinstance(result, BaseException):
+                    crashes.append(result)
+                    counts["failed"] += 1
+                else:
+                    ran.status[result.index] = _CODES[result.status]
+                    counts[result.status] += 1
+                    if result.status == "failed":
+                        ran.failures.append(
+                            ImageFailure(plan.rels[result.index], result.reason, result.error)
+                        )
+                run.advance(1, f"{counts['done']} done, {counts['skipped']} skipped, "
+                               f"{counts['failed']} failed")
     except KeyboardInterrupt:
         # Ctrl-C may land here rather than inside the engine's iterator; hand it in, so the
         # engine stops the running tasks (and their workers) before the sweep below.
@@ -282,12 +225,12 @@ def _execute(
                 pass
         raise
     finally:
-        bar.close()
         close = getattr(stream, "close", None)
         if close is not None:
             close()  # an interrupted imap stops feeding work to the pool
         _discover.sweep_temps(plan.folders)
     ran.seconds = time.perf_counter() - start
+    ran.stats = run.stats
     missing = ran.indexes(0)
     if missing:
         # only a dead worker leaves an item unanswered; its error names the cause
@@ -397,6 +340,7 @@ def process(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     follow_links: bool = False,
+    report: str | os.PathLike[str] | None = None,
 ) -> Summary:
     """Prepare every image under ``src`` into ``dst``, on every core; returns a :class:`Summary`.
 
@@ -420,6 +364,8 @@ def process(
         progress: show a progress bar on stderr.
         follow_links: also read symbolic links under ``src`` whose target lies outside it;
             by default they are listed as failures and not read.
+        report: a path: write an HTML report of where the run's time went (see
+            :func:`allcores.report`); ``summary.stats`` has the numbers either way.
 
     Images already done (output newer than the source, made with the same steps) are skipped;
     bad images are listed in ``summary.failures`` and in ``dst/allcores-failures.json``
@@ -432,7 +378,64 @@ def process(
     (1200, 0, 141.5)
     """
     started = time.perf_counter()
-    steps = _check_options(size, resize, mode, format, quality, workers, max_pixels)
+    steps = _check_options(size, resize, mode, format, quality, max_pixels)
+    from allcores._batch import resolve_workers
+
+    n_workers = resolve_workers(workers)
+    paths = _check_paths(src, dst, dataset, steps)
+    if report is not None:  # checked once DST exists (a report beside the outputs is usual)
+        from allcores._report import check_path
+
+        check_path(report)  # before any work: a bad path must not cost a whole run
+    prepared = _prepare(paths, steps, follow_links, force)
+    try:
+        ran = _execute(prepared.job, prepared.plan, n_workers, progress, report=report)
+    except BaseException:
+        if prepared.dataset is not None:
+            _dataset.discard(prepared.dataset)
+        raise
+    failures, failures_path, dataset_path, dataset_shape = _finish(paths, steps, prepared, ran)
+    serial_seconds = None
+    if compare_serial:
+        serial_seconds = _compare_serial(paths, steps, prepared.plan, ran)
+    seconds = time.perf_counter() - started - (serial_seconds or 0.0)
+    done = ran.count(_DONE)
+    return Summary(
+        src=paths.src,
+        dst=paths.dst,
+        found=prepared.found,
+        done=done,
+        skipped=ran.count(_SKIPPED),
+        failed=len(failures),
+        failures=tuple(failures),
+        seconds=seconds,
+        images_per_second=done / seconds if done and seconds > 0 else 0.0,
+        workers=n_workers,
+        serial_seconds=serial_seconds,
+        speedup=(serial_seconds / ran.seconds
+                 if serial_seconds is not None and ran.seconds > 0 else None),
+        failures_file=failures_path if failures else None,
+        dataset=dataset_path,
+        dataset_shape=dataset_shape,
+        report=os.fspath(report) if report is not None else None,
+        stats=ran.stats,
+    )
+
+
+# -- the steps of a run, in order -------------------------------------------------------------
+
+
+class _Paths:
+    """SRC, DST and the dataset file, resolved and checked (nothing written yet but DST)."""
+
+    def __init__(self, src: str, dst: str, dataset: str | None) -> None:
+        self.src = src
+        self.dst = dst
+        self.dataset = dataset
+
+
+def _check_paths(src: Any, dst: Any, dataset: Any, steps: Steps) -> _Paths:
+    """Resolve SRC and DST and refuse what cannot work, before anything is written but DST."""
     src_real = os.path.realpath(os.fspath(src))
     dst_real = os.path.realpath(os.fspath(dst))
     if not os.path.exists(src_real):
@@ -441,83 +444,73 @@ def process(
         raise NotADirectoryError(f"source {os.fspath(src)!r} is a file: give the folder")
     if src_real == dst_real:
         raise ValueError("DST must not be SRC: outputs would replace the originals")
-    dataset_mode = steps.mode or "RGB"
     if dataset is not None:
         if steps.size is None:
             raise ValueError("a dataset needs one image size: give size= (e.g. 256)")
         if not os.fspath(dataset).endswith((".npy", ".npz")):
             raise ValueError(f"dataset {os.fspath(dataset)!r} must end in .npy or .npz")
-    if workers is None:
-        import allcores
-
-        workers = allcores.cpu_count()
     os.makedirs(dst_real, exist_ok=True)
-    dataset_final = None
-    if dataset is not None:
-        dataset_final = _dataset_path(os.fspath(dataset), dst_real, src_real)
+    final = None if dataset is None else _dataset_path(os.fspath(dataset), dst_real, src_real)
+    return _Paths(src_real, dst_real, final)
 
-    manifest_path = os.path.join(dst_real, MANIFEST_FILE)
+
+class _Prepared:
+    """What the parent set up before the images run: the plan, the job, the dataset file."""
+
+    def __init__(self, plan: _Plan, job: Job, dataset: Any, found: int, trusted: bool,
+                 settings: dict[str, Any]) -> None:
+        self.plan = plan
+        self.job = job
+        self.dataset = dataset
+        self.found = found
+        self.trusted = trusted
+        self.settings = settings
+
+
+def _prepare(paths: _Paths, steps: Steps, follow_links: bool, force: bool) -> _Prepared:
+    """Vouch for earlier outputs (the manifest), find the images, plan their outputs, make
+    the folders, sweep stale temp files and lay out the dataset file."""
     settings = steps.settings()
-    trusted, since_ns = _vouch(manifest_path, settings)
-    found = _discover.discover(src_real, exclude=[dst_real], follow_links=follow_links)
-    plan = _plan(found, src_real, dst_real, steps, dataset is not None)
+    trusted, since_ns = _vouch(os.path.join(paths.dst, MANIFEST_FILE), settings)
+    found = _discover.discover(paths.src, exclude=[paths.dst], follow_links=follow_links)
+    plan = _plan(found, paths.src, paths.dst, steps, paths.dataset is not None)
     _discover.sweep_temps(plan.folders)
-
     ds_plan = None
-    if dataset_final is not None:
-        ds_plan = _dataset.create(dataset_final, plan.rels, steps.size, dataset_mode)
+    if paths.dataset is not None:
+        ds_plan = _dataset.create(paths.dataset, plan.rels, steps.size, steps.mode or "RGB")
     job = Job(steps, ds_plan.target if ds_plan else None, force=force, since_ns=since_ns)
-    try:
-        ran = _execute(job, plan, int(workers), progress)
-    except BaseException:
-        if ds_plan is not None:
-            _dataset.discard(ds_plan)
-        raise
-    if not trusted:
-        _write_json(manifest_path, {"settings": settings, "resume": True})
+    return _Prepared(plan, job, ds_plan, len(found), trusted, settings)
 
+
+def _finish(
+    paths: _Paths, steps: Steps, prepared: _Prepared, ran: _Ran
+) -> tuple[list[ImageFailure], str, str | None, tuple[int, ...] | None]:
+    """Mark the outputs trusted, close the dataset, and write (or remove) the failures file."""
+    if not prepared.trusted:
+        _write_json(os.path.join(paths.dst, MANIFEST_FILE),
+                    {"settings": prepared.settings, "resume": True})
     dataset_path = dataset_shape = None
-    if ds_plan is not None:
-        dataset_shape = _dataset.finish(ds_plan, set(ran.indexes(_FAILED)))
-        dataset_path = ds_plan.final
-
-    failures = sorted(plan.failures + ran.failures, key=lambda f: f.path)
-    failures_path = os.path.join(dst_real, FAILURES_FILE)
+    if prepared.dataset is not None:
+        dataset_shape = _dataset.finish(prepared.dataset, set(ran.indexes(_FAILED)))
+        dataset_path = prepared.dataset.final
+    failures = sorted(prepared.plan.failures + ran.failures, key=lambda f: f.path)
+    failures_path = os.path.join(paths.dst, FAILURES_FILE)
     if failures:
         _write_json(failures_path, [
             {"path": f.path, "reason": f.reason, "error": f.error} for f in failures
         ])
     elif os.path.isfile(failures_path):
         os.unlink(failures_path)  # the last run's list no longer holds
+    return failures, failures_path, dataset_path, dataset_shape
 
-    done = ran.count(_DONE)
-    skipped = ran.count(_SKIPPED)
-    serial_seconds = speedup = None
-    if compare_serial:
-        redo = [i for i, c in enumerate(ran.status) if c != _SKIPPED]
-        if redo:
-            sub = _Plan()
-            sub.items = [plan.items[i] for i in redo]
-            sub.rels = [plan.rels[i] for i in redo]
-            serial_seconds = _serial_comparison(
-                sub, steps, dst_real, src_real, steps.size if dataset else None, dataset_mode
-            )
-            speedup = serial_seconds / ran.seconds if ran.seconds > 0 else None
-    seconds = time.perf_counter() - started - (serial_seconds or 0.0)
-    return Summary(
-        src=src_real,
-        dst=dst_real,
-        found=len(found),
-        done=done,
-        skipped=skipped,
-        failed=len(failures),
-        failures=tuple(failures),
-        seconds=seconds,
-        images_per_second=done / seconds if done and seconds > 0 else 0.0,
-        workers=int(workers),
-        serial_seconds=serial_seconds,
-        speedup=speedup,
-        failures_file=failures_path if failures else None,
-        dataset=dataset_path,
-        dataset_shape=dataset_shape,
-    )
+
+def _compare_serial(paths: _Paths, steps: Steps, plan: _Plan, ran: _Ran) -> float | None:
+    """Seconds the images this run did (not skipped) take on one core, in this process."""
+    redo = [i for i, c in enumerate(ran.status) if c != _SKIPPED]
+    if not redo:
+        return None
+    sub = _Plan()
+    sub.items = [plan.items[i] for i in redo]
+    sub.rels = [plan.rels[i] for i in redo]
+    return _serial_comparison(sub, steps, paths.dst, paths.src,
+                              steps.size if paths.dataset else None, steps.mode or "RGB")

@@ -148,13 +148,13 @@ def make_samples(
         if not os.path.exists(os.path.join(folder, *sample_name(i).split("/")))
     ]
     if todo:
+        from allcores._batch import BatchRun
         from allcores.images._discover import sweep_temps
-        from allcores.images._parallel import imap_unordered
 
         try:
-            for result in imap_unordered(_make_one, todo, workers):
-                if isinstance(result, BaseException):
-                    raise result
+            with BatchRun(workers, tool="samples") as run:
+                for _ in run.imap(_make_one, todo, ordered=False):
+                    pass
         finally:
             sweep_temps(folders)  # what a Ctrl-C'd worker was writing
     return folder

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -43,6 +43,9 @@ class Summary:
         failures_file: the JSON list of failures written in ``dst``, or ``None`` when none.
         dataset: the dataset file written, or ``None``.
         dataset_shape: its array's shape ``(N, H, W, C)``, or ``None``.
+        report: the HTML run report written (``report=``), or ``None``.
+        stats: where the run's time went: an :class:`allcores.RunStats` of the image work
+            (in JSON under ``"stats"``; not part of equality).
     """
 
     src: str
@@ -60,6 +63,8 @@ class Summary:
     failures_file: str | None = None
     dataset: str | None = None
     dataset_shape: tuple[int, ...] | None = None
+    report: str | None = None
+    stats: Any = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -68,8 +73,9 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stats"}
         data["failures"] = [asdict(f) for f in self.failures]
+        data["stats"] = self.stats.to_dict() if self.stats is not None else None
         data["dataset_shape"] = list(self.dataset_shape) if self.dataset_shape else None
         return data
 
@@ -102,4 +108,6 @@ class Summary:
             if self.failed > max_failures:
                 lines.append(f"    ... and {self.failed - max_failures} more")
         lines.append(f"  output: {self.dst}")
+        if self.report is not None:
+            lines.append(f"  report: {self.report}")
         return "\n".join(lines)
