@@ -285,32 +285,52 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep_dead_waiters() -> int:
-    """Unlink the private wake semaphores of processes that no longer exist; return how many.
+    """Unlink what dead processes left that no tracker knows of; return how many.
 
-    Only this user's, from this pid namespace (where a pid means something); another user's
-    leftovers are not ours to judge, and an error on one never stops the sweep (or the wait
-    that triggered it).
+    That is their private wake semaphores, and the spill files of a ``Queue`` whose owner was
+    SIGKILLed (an unread item too big for the ring, in a file named after the ring), once the
+    ring itself is gone: nobody can send that queue any more, and a holder still reading it
+    would have read the item by now or never will. Only this user's names, from this pid
+    namespace (where a pid means something); another user's leftovers are not ours to judge,
+    and an error on one never stops the sweep (or the wait that triggered it).
     """
-    prefix = f"sem.{NAME_PREFIX}{_WAITER_KIND}-{identity()}-"
+    me = f"{NAME_PREFIX}{{kind}}-{identity()}-"
+    waiters = "sem." + me.format(kind=_WAITER_KIND)
+    rings = me.format(kind="m")
     removed = 0
     try:
         entries = os.listdir("/dev/shm")
     except OSError:  # pragma: no cover - no /dev/shm on this system
         return 0
     for entry in entries:
-        if not entry.startswith(prefix):
+        if entry.startswith(waiters):
+            prefix, spill = waiters, False
+        elif entry.startswith(rings) and _SPILL_MARK in entry:
+            prefix, spill = rings, True
+        else:
             continue
         try:
             pid = int(entry[len(prefix):].split("-", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            try:
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            if spill:
+                if os.path.exists("/dev/shm/" + entry.split(_SPILL_MARK, 1)[0]):
+                    continue  # the ring is still there: its owner's tracker has not run yet
+                os.unlink("/dev/shm/" + entry)
+            else:
                 _multiprocessing.sem_unlink("/" + entry[len("sem."):])
-                removed += 1
-            except OSError:
-                pass
+            removed += 1
+        except OSError:
+            pass
     return removed
+
+
+# A spill file is named <ring name>-x<a name of kind "x" without its leading "/allcores-">
+# (see Queue._spill): this marks where the ring's name ends.
+_SPILL_MARK = f"-x{NAME_PREFIX[len('allcores-'):]}x-"
 
 
 def _post(name: bytes) -> None:
