@@ -155,11 +155,12 @@ def _column_parts(df: Any, workers: int | None, partitions: int | None) -> list[
 
 
 def _run(fn: Callable[[Any], Any], parts: list[Any], workers: int | None) -> list[Any]:
-    if len(parts) <= 1 or workers == 1:
-        return [fn(p) for p in parts]
-    import allcores
+    """The parts through the batch tools' one door to the engine (``allcores._batch``): the
+    worker check, and one part or one worker runs here (no process is worth starting)."""
+    from allcores._batch import BatchRun
 
-    return list(allcores.map(fn, parts, workers=workers, chunksize=1))
+    with BatchRun(workers, tool="dataframe") as run:
+        return list(run.imap(fn, parts, chunksize=1))
 
 
 def _concat(results: list[Any], like: Any, axis: int) -> Any:
