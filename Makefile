@@ -49,6 +49,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/reliability.py --json bench-out/reliability.json
 	-$(PY) benchmarks/chaos.py
 	-$(PY) benchmarks/apply_async.py --json bench-out/apply_async.json
+	-$(PY) benchmarks/stats_overhead.py --json bench-out/stats_overhead.json
 	-$(PY) benchmarks/w3s_skew.py --json bench-out/w3s.json
 
 clean:

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     pool = allcores.Pool(2)
-    manager = pool._engine.manager
+    manager = pool._engine._manager  # private: the benchmark detaches the recorder
     recorder = manager.recorder
     assert recording.ENABLED and recorder is not None
     times: dict[str, dict[str, list[float]]] = {

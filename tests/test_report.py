@@ -235,6 +235,8 @@ def test_a_bad_report_path_fails_before_the_map_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         allcores.map(os.mkdir, [str(ran)], workers=2, report=tmp_path / "missing" / "r.html")
     assert not ran.exists()  # the task never ran
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        allcores.Pool(2, report=tmp_path / "missing" / "pool.html")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import subprocess
 import sys
@@ -187,3 +188,18 @@ def test_cpu_time_tells_waiting_from_working():
     assert stats.cpu_seconds < 0.5 * stats.busy_seconds
     assert sum(w.cpu_seconds for w in stats.per_worker) == pytest.approx(stats.cpu_seconds)
     assert "got a CPU for only" in stats.verdict()
+
+
+def test_the_overhead_benchmark_runs(tmp_path):
+    """benchmarks/stats_overhead.py reaches into the engine (it detaches the recorder): keep it
+    working as the engine changes. One round: a smoke test, not a measurement."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "stats_overhead.py"
+    out = tmp_path / "o.json"
+    run = subprocess.run([sys.executable, str(script), "--rounds", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=110)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    assert figures["W1"]["on_s"] > 0 and figures["W1"]["off_s"] > 0
+    assert 0 < figures["per_chunk_s"] < 1e-3

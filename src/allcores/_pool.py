@@ -151,6 +151,10 @@ class Pool:
         memory_reserve: int | str | None = "auto",
         report: str | os.PathLike[str] | None = None,
     ) -> None:
+        if report is not None:
+            from allcores._report import check_path
+
+            check_path(report)  # now, not after the pool's work
         self._report_path = report
         self._engine: Engine = LocalEngine(
             processes,

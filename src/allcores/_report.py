@@ -48,7 +48,8 @@ def report(stats: RunStats, path: str | os.PathLike[str], *, title: str | None =
     """Write an HTML report of ``stats`` to ``path`` and return the path.
 
     The file is self-contained (no network access when opened) and is written atomically: a
-    reader never sees half a report.
+    reader never sees half a report. ``title`` names the run in the heading (default: the
+    task function).
 
     >>> import allcores
     >>> results = allcores.map(abs, range(1000), workers=2)
