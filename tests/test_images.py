@@ -459,7 +459,10 @@ def die_on_boom(job, item):
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_that_dies_fails_only_its_image(src, tmp_path):
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_worker_that_dies_fails_only_its_image(src, tmp_path, workers):
+    """With one worker too: images never take the batch tools' one-core shortcut (running in
+    this process), so a decoder that kills its process fails one image, not the caller."""
     from allcores.images import _discover, _run
 
     marked((50, 50)).save(src / "cats" / "boom.jpg")
@@ -467,11 +470,13 @@ def test_a_worker_that_dies_fails_only_its_image(src, tmp_path):
     dst.mkdir()
     found = _discover.discover(str(src), exclude=[])
     plan = _run._plan(found, str(src), str(dst), Steps(size=(32, 32)), with_rows=False)
-    ran = _run._execute(Job(Steps(size=(32, 32))), plan, 2, False, per_image=die_on_boom)
+    ran = _run._execute(Job(Steps(size=(32, 32))), plan, workers, False,
+                        per_image=die_on_boom)
     assert [f.path for f in ran.failures] == ["cats/boom.jpg"]
     assert "worker process died" in ran.failures[0].reason
     assert "exited with status 3" in ran.failures[0].reason
     assert (ran.count(_run._DONE), ran.count(_run._FAILED)) == (9, 1)
+    assert ran.stats.workers == workers and ran.stats.crashes >= 1
 
 
 def odd_inputs(folder):
