@@ -147,3 +147,26 @@ def test_a_million_pending_calls_stay_small(kind, calls):
             last.get(timeout=60)
     else:
         assert last.cancelled() or last.done()
+
+
+def test_a_pending_single_call_can_be_cancelled_through_the_engine():
+    """engine.cancel takes the handle start() returned, a one-item Call included."""
+    from concurrent.futures import CancelledError
+
+    from allcores._engine.jobs import ListSink
+
+    read_end, write_end = os.pipe()
+    with allcores.Pool(1) as pool:
+        blocker = pool.apply_async(os.read, (read_end, 1))
+        engine = pool._engine
+        sink = ListSink(single=True)
+        handle = engine.start(double, [21], sink)
+        engine.cancel(handle, CancelledError())
+        assert sink.done.wait(30)
+        with pytest.raises(CancelledError):
+            sink.value()
+        os.write(write_end, b"x")
+        assert blocker.get(timeout=30) == b"x"
+        assert pool.apply_async(double, (4,)).get(timeout=30) == 8  # the pool goes on
+    os.close(read_end)
+    os.close(write_end)

@@ -328,7 +328,7 @@ class LocalEngine(Engine):
         return job
 
     def cancel(self, handle: object, error: BaseException) -> None:
-        assert isinstance(handle, Job)
+        assert isinstance(handle, (Job, Call))
         self._manager.cancel(handle, error)
 
     def consumed(self) -> None:

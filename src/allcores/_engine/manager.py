@@ -116,7 +116,7 @@ class Submit:
 class Cancel:
     """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
 
-    job: Job
+    job: Job | Call
     error: BaseException
 
 
@@ -212,7 +212,7 @@ class Manager:
         self._commands.append(Forget(fn_id))
         self.wake()
 
-    def cancel(self, job: Job, error: BaseException) -> None:
+    def cancel(self, job: Job | Call, error: BaseException) -> None:
         """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
         self._commands.append(Cancel(job, error))
         self.wake()
