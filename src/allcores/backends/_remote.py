@@ -1,0 +1,228 @@
+"""What runs on a cluster worker: one chunk of one call, answered as bytes.
+
+Every function here runs inside a Dask or Ray worker process, so this module imports nothing
+heavy and nothing from the engines. A chunk's answer is pickled here, by us, not by the engine:
+a result that fails to pickle then fails only its own item (``ResultPicklingError``), as locally,
+instead of the whole chunk failing inside the engine's serializer.
+
+Two ways to run a chunk:
+
+* :func:`run_inline` calls the function in the worker process itself (Ray). A crash kills the
+  engine's worker; the driver sees it and re-runs the chunk item by item. A timeout is enforced
+  by the driver, which cancels the task with force (the engine kills its process).
+* :func:`run_isolated` hands the chunk to an allcores pool local to the worker (Dask). A crash or
+  timeout then kills one local process, not the Dask worker: the local engine attributes it to
+  the one item, replaces the process, and the chunk's other items keep their results.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import socket
+import threading
+from typing import Any
+
+from allcores import errors as _errors
+from allcores._engine import serialization
+from allcores._engine.messages import TaskError
+
+# Loaded functions kept per worker process, by call id: a call's function is unpickled once per
+# worker, not once per chunk. Bounded so a long-lived worker does not keep old calls' closures.
+_FUNCTION_CACHE_SIZE = 16
+_functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
+_functions_lock = threading.Lock()
+
+
+def _function(call_id: str, fn_blob: bytes) -> Any:
+    with _functions_lock:
+        fn = _functions.get(call_id)
+        if fn is not None:
+            _functions.move_to_end(call_id)
+            return fn
+    fn = serialization.loads_function(fn_blob)
+    with _functions_lock:
+        _functions[call_id] = fn
+        while len(_functions) > _FUNCTION_CACHE_SIZE:
+            _functions.popitem(last=False)
+    return fn
+
+
+def _answer(values: list, errors: list[tuple[int, BaseException, str, bool]], seconds: float,
+            where: str) -> bytes:
+    """Pickle a chunk's answer; a value that does not pickle fails only its own item."""
+    try:
+        return serialization.dumps((values, errors, seconds, where))
+    except Exception:
+        pass
+    errors = list(errors)
+    values = list(values)
+    for offset, value in enumerate(values):
+        try:
+            serialization.dumps(value)
+        except Exception as exc:
+            values[offset] = None
+            hint = serialization.pickling_hint("the result", value, exc)
+            err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
+            errors.append((offset, err, "", False))
+    errors.sort(key=lambda e: e[0])
+    portable = [(o, _portable(e), tb, infra) for o, e, tb, infra in errors]
+    return serialization.dumps((values, portable, seconds, where))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    from allcores._engine.worker_main import _portable_error
+
+    return _portable_error(exc)
+
+
+def _load(call_id: str, fn_blob: bytes, items_blob: bytes) -> tuple[Any, list]:
+    fn = _function(call_id, fn_blob)
+    return fn, serialization.loads(items_blob)
+
+
+def _load_failed(exc: BaseException, where: str) -> bytes:
+    import traceback
+
+    err = _errors.ArgumentPicklingError(
+        f"the task's function or arguments could not be unpickled on the cluster worker "
+        f"{where}: {type(exc).__name__}: {exc}. Install the same packages on every worker and "
+        "define the classes and functions you pass in importable modules."
+    )
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # offset -1: the whole chunk failed to load; the driver re-runs it item by item.
+    return serialization.dumps(([], [(-1, err, tb, False)], 0.0, where))
+
+
+def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where: str) -> bytes:
+    """Run a chunk in this process (a Ray worker) and answer with its pickled outcome."""
+    import time
+
+    from allcores._engine.worker_main import _run
+
+    where = where or f"{socket.gethostname()} pid {os.getpid()}"
+    try:
+        fn, items = _load(call_id, fn_blob, items_blob)
+    except BaseException as exc:
+        return _load_failed(exc, where)
+    started = time.perf_counter()
+    values, task_errors = _run(fn, items, mode, False)
+    seconds = time.perf_counter() - started
+    errors = [(e.offset, e.error, e.traceback, False) for e in task_errors]
+    return _answer(values, errors, seconds, where)
+
+
+# -- isolated mode (Dask) -------------------------------------------------------------------
+
+_pool_lock = threading.Lock()
+_pool: Any = None
+# call id -> number of this worker's chunks of that call now running in the local pool.
+_running: collections.Counter[str] = collections.Counter()
+
+
+def _local_pool(processes: int) -> Any:
+    """This worker process's allcores pool, started on first use (one per Dask worker)."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None and not _pool._engine.manager.alive:
+            _pool = None
+        if _pool is None:
+            from allcores._pool import Pool
+
+            # Dask starts its workers as daemonic processes, and multiprocessing refuses to let
+            # a daemonic process have children. The flag only asks multiprocessing to kill the
+            # worker when the nanny exits; allcores' own processes exit by themselves when their
+            # parent dies (the lifeline in worker_main), so lifting it loses nothing.
+            multiprocessing.current_process()._config.pop("daemon", None)  # type: ignore[attr-defined]
+            # forkserver: a Dask worker runs an event loop and several threads, and forking a
+            # threaded process can deadlock the child on a lock held at the fork.
+            _pool = Pool(processes, context="forkserver", memory_reserve=None)
+        return _pool
+
+
+def abort(call_id: str) -> bool:
+    """Stop this worker's running chunks of ``call_id`` now (Ctrl-C or an early ``break``).
+
+    The local pool is terminated, which kills the processes running the items; a chunk of
+    another call that was running on it comes back as lost and its driver runs it again.
+    """
+    global _pool
+    with _pool_lock:
+        if not _running.get(call_id) or _pool is None:
+            return False
+        pool, _pool = _pool, None
+    pool.terminate()
+    return True
+
+
+def shutdown_local_pool() -> None:
+    """Stop this worker's local pool (the Dask worker is closing)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.terminate()
+
+
+class LostChunk(Exception):
+    """The local pool was stopped under a chunk (another call's Ctrl-C): run it again."""
+
+
+def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
+                 timeout: float | None, start: int, processes: int, where: str) -> bytes:
+    """Run a chunk in this Dask worker's local allcores pool and answer with its outcome."""
+    import time
+
+    from allcores._engine.client import TaskOptions
+
+    try:
+        fn, items = _load(call_id, fn_blob, items_blob)
+    except BaseException as exc:
+        return _load_failed(exc, where)
+    pool = _local_pool(processes)
+    options = TaskOptions(timeout=timeout, on_error="collect")
+    with _pool_lock:
+        _running[call_id] += 1
+    started = time.perf_counter()
+    try:
+        values = pool._async(fn, items, mode, None, None, None, options=options).get()
+    except _errors.PoolClosedError:
+        raise LostChunk(f"the local pool on {where} was stopped under this chunk") from None
+    finally:
+        with _pool_lock:
+            _running[call_id] -= 1
+            if _running[call_id] <= 0:
+                del _running[call_id]
+    seconds = time.perf_counter() - started
+    errors = []
+    for failure in values.failures:
+        offset = failure.index
+        error = failure.error
+        index = start + offset
+        infrastructure = isinstance(error, (_errors.WorkerCrashedError, _errors.TaskTimeoutError))
+        if isinstance(error, _errors.WorkerCrashedError):
+            error = _errors.WorkerCrashedError(
+                f"a process on {where} died while running item {index} = "
+                f"{failure.item_repr}: {error.cause}. It was replaced; the other items are not "
+                "affected.",
+                pid=error.pid, exitcode=error.exitcode, signal_name=error.signal_name,
+                cause=error.cause, item_repr=failure.item_repr,
+            )
+            tb = ""
+        elif isinstance(error, _errors.TaskTimeoutError):
+            error = _errors.TaskTimeoutError(
+                f"item {index} = {failure.item_repr} ran longer than its timeout of "
+                f"{timeout:g} s on {where}; its process was stopped and replaced"
+            )
+            tb = ""
+        else:
+            cause = error.__cause__
+            tb = cause.tb if isinstance(cause, _errors.RemoteTraceback) else ""
+            error.__cause__ = None
+            notes = getattr(error, "__notes__", None)
+            if notes:  # the local pool's note names the offset in the chunk, not the item
+                error.__notes__ = [n for n in notes if not n.startswith("allcores: ")]
+        values[offset] = None
+        errors.append((offset, error, tb, infrastructure))
+    return _answer(list(values), errors, seconds, where)
