@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "map": "allcores._oneliners",
     "imap": "allcores._oneliners",
     "shutdown": "allcores._oneliners",
+    "backend": "allcores.backends",
     "MapResults": "allcores._engine.jobs",
     "Failure": "allcores._engine.jobs",
     "cpu_count": "allcores._engine.cpu",
@@ -75,7 +76,7 @@ __all__ = [
 
 
 # Public subpackages, imported on first attribute access (``allcores.images.process(...)``).
-_SUBMODULES = ("images", "data", "dataframe", "shared", "sync")
+_SUBMODULES = ("images", "data", "dataframe", "shared", "sync", "backends")
 
 
 def __getattr__(name: str) -> Any:
@@ -104,3 +105,4 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from allcores._pool import AsyncResult, Pool
     from allcores._report import report
     from allcores._stats import Losses, RunStats, WorkerStats
+    from allcores.backends import backend

@@ -16,6 +16,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
 from typing import Any
 
+from allcores import backends as _backends
 from allcores import errors as _errors
 from allcores._engine.client import Engine, LocalEngine
 from allcores._engine.jobs import IterSink, Sink
@@ -52,8 +53,8 @@ class Executor(_StdExecutor):
         mp_context: a start method name or multiprocessing context (default fork on Linux).
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker.
         max_tasks_per_child: a worker is replaced after this many items.
-        timeout, retries, retry_on, max_memory, memory_reserve: allcores extras, as on
-            :class:`allcores.Pool`.
+        timeout, retries, retry_on, max_memory, memory_reserve, backend, address: allcores
+            extras, as on :class:`allcores.Pool` (``backend="ray"`` runs on a cluster).
 
     >>> import allcores
     >>> with allcores.Executor(2) as ex:
@@ -74,15 +75,23 @@ class Executor(_StdExecutor):
         retry_on: tuple[type[BaseException], ...] = (),
         max_memory: int | None = None,
         memory_reserve: int | str | None = "auto",
+        backend: Any = None,
+        address: str | None = None,
     ) -> None:
-        self._engine: Engine = LocalEngine(
+        options = TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on)
+        cluster = _backends.cluster_engine(
+            backend, address, max_workers, options,
+            {"initializer": initializer, "max_tasks_per_child": max_tasks_per_child,
+             "mp_context": mp_context, "max_memory": max_memory},
+        )
+        self._engine: Engine = cluster or LocalEngine(
             max_workers,
             mp_context,
             initializer,
             initargs,
             max_tasks_per_child,
             max_memory,
-            TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on),
+            options,
             memory_reserve,
         )
         self._max_workers = self._engine.workers

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from allcores import backends as _backends
 from allcores._engine.client import check_workers, resolve_context
 from allcores._engine.jobs import MapResults
 from allcores._engine.messages import CALL_ONE, CALL_STAR
@@ -28,8 +29,11 @@ _default_key: tuple | None = None
 _default_pid: int | None = None
 
 
-def _pool(workers: int | None) -> Pool:
+def _pool(workers: int | None, backend: Any = None, address: str | None = None) -> Pool:
     global _default, _default_key, _default_pid
+    name, address = _backends.requested(backend, address)
+    if name is not None:
+        return _cluster_pool(name, address, workers)
     count = check_workers(workers)
     key = (count, resolve_context().get_start_method())
     with _lock:
@@ -44,13 +48,31 @@ def _pool(workers: int | None) -> Pool:
         return _default
 
 
+# One pool per cluster asked for (its engine thread drives every call to that cluster).
+_cluster_pools: dict[tuple, Pool] = {}
+
+
+def _cluster_pool(name: Any, address: str | None, workers: int | None) -> Pool:
+    key = (id(name) if not isinstance(name, str) else name, address, workers)
+    with _lock:
+        pool = _cluster_pools.get(key)
+        if pool is not None and not pool._engine.alive:
+            pool = None
+        if pool is None:
+            pool = _cluster_pools[key] = Pool(workers, backend=name, address=address)
+        return pool
+
+
 def shutdown() -> None:
     """Stop the shared default pool of :func:`map` and :func:`imap` (it restarts when needed)."""
     global _default
     with _lock:
         pool, _default = _default, None
-    if pool is not None:
-        pool.terminate()
+        pools = list(_cluster_pools.values())
+        _cluster_pools.clear()
+    for p in [pool, *pools]:
+        if p is not None:
+            p.terminate()
 
 
 def _interrupted(pool: Pool) -> None:
@@ -58,7 +80,10 @@ def _interrupted(pool: Pool) -> None:
     with _lock:
         if _default is pool:
             _default = None
-    pool.terminate()
+        for key, p in list(_cluster_pools.items()):
+            if p is pool:
+                del _cluster_pools[key]
+    pool.terminate()  # on a cluster: every task of it is cancelled (Ray) or killed (Dask)
 
 
 def map(
@@ -75,6 +100,8 @@ def map(
     on_error: OnError = "raise",
     star: bool = False,
     report: str | os.PathLike[str] | None = None,
+    backend: Any = None,
+    address: str | None = None,
 ) -> MapResults:
     """``[fn(x) for x in iterable]`` on every core; a list, in input order by default.
 
@@ -91,13 +118,17 @@ def map(
         star: call ``fn(*item)`` instead of ``fn(item)``.
         report: a path: write an HTML report of the call there (see :func:`allcores.report`);
             the statistics are in the result's ``.stats`` either way.
+        backend, address: run on a cluster: ``backend="dask"`` or ``"ray"`` with the
+            scheduler's ``address`` (none: a local cluster, started once), or a live
+            ``distributed.Client``; default this machine, or ``allcores.backend()`` /
+            ``ALLCORES_BACKEND``. Same semantics everywhere (docs/cluster.md).
 
     >>> import allcores
     >>> allcores.map(lambda x: x * x, range(5))
     [0, 1, 4, 9, 16]
     """
     _check_report(report)
-    pool = _pool(workers)
+    pool = _pool(workers, backend, address)
     options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize)
     mode = CALL_STAR if star else CALL_ONE
     try:
@@ -158,6 +189,8 @@ def imap(
     star: bool = False,
     max_held_bytes: int | None = None,
     report: str | os.PathLike[str] | None = None,
+    backend: Any = None,
+    address: str | None = None,
 ) -> Iterator[Any]:
     """Like :func:`map`, but yields results as they arrive, reading the input lazily.
 
@@ -172,7 +205,7 @@ def imap(
     ['A', 'B']
     """
     _check_report(report)
-    pool = _pool(workers)
+    pool = _pool(workers, backend, address)
     options = pool._options(timeout, retries, retry_on, on_error, progress, chunksize,
                             max_held_bytes)
     it = pool._iter(fn, iterable, CALL_STAR if star else CALL_ONE, ordered, options)

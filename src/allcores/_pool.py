@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
+from allcores import backends as _backends
 from allcores._engine.client import Engine, LocalEngine
 from allcores._engine.jobs import IterSink, ListSink, MapResults
 from allcores._engine.messages import CALL_ARGS, CALL_ONE, CALL_STAR
@@ -126,6 +127,10 @@ class Pool:
             turns it off. One chunk always runs, so the pool never deadlocks (allcores extra).
         report: a path: write an HTML report of everything the pool ran when it is joined or
             terminated (``with`` terminates); see :func:`allcores.report` (allcores extra).
+        backend, address: run on a cluster instead: "dask" or "ray" (with the scheduler's
+            address, or none for a local cluster) or a live ``distributed.Client``; default
+            this machine's processes, or what ``allcores.backend()`` / ``ALLCORES_BACKEND``
+            say (allcores extra, docs/cluster.md).
 
     Every mapping method also takes keyword-only ``timeout=``, ``retries=``, ``on_error=`` and
     ``progress=``.
@@ -150,20 +155,28 @@ class Pool:
         max_memory: int | None = None,
         memory_reserve: int | str | None = "auto",
         report: str | os.PathLike[str] | None = None,
+        backend: Any = None,
+        address: str | None = None,
     ) -> None:
         if report is not None:
             from allcores._report import check_path
 
             check_path(report)  # now, not after the pool's work
         self._report_path = report
-        self._engine: Engine = LocalEngine(
+        options = TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on)
+        cluster = _backends.cluster_engine(
+            backend, address, processes, options,
+            {"initializer": initializer, "maxtasksperchild": maxtasksperchild,
+             "context": context, "max_memory": max_memory},
+        )
+        self._engine: Engine = cluster or LocalEngine(
             processes,
             context,
             initializer,
             initargs,
             maxtasksperchild,
             max_memory,
-            TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on),
+            options,
             memory_reserve,
         )
         self._processes = self._engine.workers

@@ -148,3 +148,26 @@ def close_all() -> None:
         _wrapped.clear()
     for b in started:
         b.close()
+
+
+def cluster_engine(name: Any, address: str | None, workers: int | None, options: Any,
+                   local_only: dict[str, Any]) -> Any:
+    """A :class:`ClusterEngine` for a facade that asked for a cluster, or None for local.
+
+    ``local_only`` holds the facade's options that only mean something for this machine's
+    processes (initializer, start method, worker lifespans, memory caps); set on a cluster
+    they are refused, rather than silently ignored.
+    """
+    cluster = resolve(name, address, workers)
+    if cluster is None:
+        return None
+    given = [k for k, v in local_only.items() if v not in (None, (), "auto")]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} only apply to this machine's processes, not to "
+            f"backend={cluster.name!r}: leave them out, or set up the cluster's workers "
+            "with the engine's own tools (a Dask WorkerPlugin, Ray's runtime_env)"
+        )
+    from allcores.backends._driver import ClusterEngine
+
+    return ClusterEngine(cluster, options)

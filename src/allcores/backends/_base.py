@@ -9,7 +9,7 @@ sizes, retries, error policy, ordering, timeouts' consequences) is the driver's
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,8 @@ class ClusterBackend(abc.ABC):
         """Start one chunk task; returns the engine's handle for it."""
 
     @abc.abstractmethod
-    def wait(self, handles: Sequence[Any], timeout: float | None) -> list[Any]:
-        """Block until at least one of ``handles`` finished (or ``timeout``); the done ones."""
+    def on_done(self, handle: Any, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from any thread) once the task ``handle`` has ended."""
 
     @abc.abstractmethod
     def outcome(self, handle: Any) -> Outcome:

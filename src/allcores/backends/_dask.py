@@ -14,7 +14,7 @@ by the scheduler towards ``KilledWorker``; see docs/cluster.md for the measureme
 from __future__ import annotations
 
 import atexit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from allcores.backends import _remote
@@ -103,18 +103,8 @@ class DaskBackend(ClusterBackend):
         return self.client.submit(_dask_chunk, call_id, fn_ref, items_blob, mode, timeout,
                                   start, key=key, pure=False, retries=0)
 
-    def wait(self, handles: Sequence[Any], timeout: float | None) -> list[Any]:
-        from distributed.client import _wait
-
-        # distributed.wait() looks for the process's default client; ours may not be it.
-        try:
-            self.client.sync(_wait, list(handles), timeout=timeout,
-                             return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            pass
-        except Exception:
-            pass  # a cancelled future among them: it is done, and outcome() says how
-        return [f for f in handles if f.done()]
+    def on_done(self, handle: Any, callback: Callable[[], None]) -> None:
+        handle.add_done_callback(lambda _future: callback())
 
     def outcome(self, handle: Any) -> Outcome:
         status = handle.status

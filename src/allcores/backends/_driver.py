@@ -1,17 +1,25 @@
-"""The driver of one call on a cluster: the local manager's job, with tasks instead of pipes.
+"""The cluster engine: the facades' :class:`Engine` door, with cluster tasks instead of pipes.
 
-It reuses the engine's :class:`Job` whole (chunk cutting, ``ChunkSizer``, ``RetryPolicy``, the
-error policies, ordering, progress) and plays the manager's part in the caller's thread::
+It reuses the local engine's :class:`Job` whole (chunk cutting, ``ChunkSizer``, ``RetryPolicy``,
+the error policies, ordering, progress) and plays the manager's part in one thread of its own,
+which blocks on one queue of events (a call submitted or cancelled, a task done, the caller took
+results) with the next deadline as its timeout::
 
-    caller thread (driver)                      cluster                  cluster worker
-    ----------------------                      -------                  --------------
-    Job.next_chunk()  (ChunkSizer, 0.2 s aim)
-    pickle items ------ submit(key per attempt) --> scheduler --> task: run_isolated (Dask:
-                                                                   a local allcores pool) or
-                                                                   run_inline (Ray)
-    wait(any of the running, next deadline) <---- pickled answer <-- values, errors, seconds
-    answer -> Job: deliver / retry / collect / raise; crash -> re-run item by item;
-    deadline passed (Ray) -> cancel(force) -> TaskTimeoutError
+    caller thread          engine thread                        cluster        cluster worker
+    -------------          -------------                        -------        --------------
+    Pool.map(fn, items)
+      start() -> Submit -> put(fn) once per call (scatter/put)
+                           Job.next_chunk() (ChunkSizer, 0.2 s)
+                           pickle items, submit(key per attempt) -> scheduler -> run_isolated
+                                                                                (Dask: a local
+                                                                                allcores pool)
+                                                                                or run_inline
+                                                                                (Ray)
+                           task done (engine's callback) <----- pickled answer: values, errors
+                           Job: deliver / retry / collect / raise
+                           crash -> re-run the chunk item by item
+                           deadline (Ray) -> cancel(force) -> TaskTimeoutError
+    sink.get() / next() <- sink.deliver() / finish() / fail()
 
 The engines' own blind retries are off (Dask ``retries=0``, Ray ``max_retries=0``) and every
 attempt has its own key, so a re-run is never deduplicated or served from a cache.
@@ -19,21 +27,24 @@ attempt has its own key, so a re-run is never deduplicated or served from a cach
 
 from __future__ import annotations
 
-import collections
 import io
 import itertools
 import pickle
+import queue
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import serialization
-from allcores._engine.client import TaskOptions, parse_chunksize
-from allcores._engine.jobs import Chunk, Failure, Job, MapResults, Sink, attach_traceback
+from allcores._engine.client import Engine
+from allcores._engine.jobs import Chunk, Job, Sink, attach_traceback
+from allcores._engine.messages import CALL_ONE
+from allcores._engine.options import TaskOptions
 from allcores._engine.scheduler import ChunkSizer
 from allcores.backends._base import ChunkTask, ClusterBackend, Outcome
 
@@ -46,33 +57,6 @@ CLUSTER_MIN_CHUNK_SECONDS = 0.02
 # Chunks in flight per cluster slot: one running and one queued behind it, so no slot waits a
 # round trip between two chunks; more would only make the tail less balanced.
 IN_FLIGHT_PER_SLOT = 2
-
-
-class _Collect(Sink):
-    """Batches of results as the job delivers them, taken by the caller's own thread."""
-
-    def __init__(self, bounded: bool) -> None:
-        self.bounded = bounded
-        self.batches: collections.deque[list] = collections.deque()
-        self.failures: list[Failure] = []
-        self.error: BaseException | None = None
-        self.done = False
-
-    def deliver(self, values: list) -> None:
-        if values:
-            self.batches.append(values)
-
-    def finish(self, failures: list[Failure]) -> None:
-        self.failures = failures
-        self.done = True
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done = True
-
-    def unconsumed(self) -> int:
-        # A map keeps every result anyway; only an imap's unread batches hold input back.
-        return len(self.batches) if self.bounded else 0
 
 
 def _share_reduction(obj: Any) -> Any:
@@ -123,29 +107,16 @@ def _dumps(obj: Any, function: bool) -> bytes:
 
 
 class ClusterCall:
-    """One map/imap on a cluster, driven from the caller's thread by :meth:`step`."""
+    """One call on the cluster: its Job and its running tasks. Engine-thread only, except the
+    constructor (the caller's thread: a function that does not pickle fails the call at once)."""
 
-    def __init__(
-        self,
-        backend: ClusterBackend,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
-        *,
-        mode: int,
-        chunksize: Any,
-        ordered: bool,
-        options: TaskOptions,
-        progress: Any,
-        bounded: bool,
-    ) -> None:
+    def __init__(self, engine: ClusterEngine, fn: Callable[..., Any], iterable: Iterable[Any],
+                 sink: Sink, *, mode: int, ordered: bool, options: TaskOptions,
+                 on_dispatch: Callable[[], bool] | None, max_outstanding: int | None) -> None:
         if not callable(fn):
             raise TypeError(f"the task function must be callable, got {fn!r}")
-        self.backend = backend
-        self.call_id = f"allcores-{uuid.uuid4().hex[:16]}"
-        self.timeout = options.timeout
-        slots = backend.slots()
         try:
-            fn_blob = _dumps(fn, function=True)
+            self.fn_blob: bytes | None = _dumps(fn, function=True)
         except _errors.ArgumentPicklingError:
             raise
         except Exception as exc:
@@ -154,82 +125,44 @@ class ClusterCall:
                 + " Functions may be lambdas or closures, but everything they reference must "
                 "pickle too."
             ) from exc
-        self.sink = _Collect(bounded)
-        fixed = parse_chunksize(chunksize)
-        self.job = Job(0, b"", iterable, self.sink, workers=slots, mode=mode, ordered=ordered,
-                       on_error=options.on_error, policy=options.policy(),
-                       max_outstanding=IN_FLIGHT_PER_SLOT * slots)
-        # Where the driver enforces timeouts (not isolated), a timed item runs alone in its task
+        backend = engine.backend
+        self.engine = engine
+        self.backend = backend
+        self.call_id = f"allcores-{uuid.uuid4().hex[:16]}"
+        self.timeout = options.item_timeout
+        slots = engine.workers
+        self.job = Job(0, b"", iterable, sink, workers=slots, mode=mode, ordered=ordered,
+                       options=options, on_dispatch=on_dispatch,
+                       max_outstanding=max_outstanding or IN_FLIGHT_PER_SLOT * slots)
+        # Where the engine enforces timeouts (not isolated), a timed item runs alone in its task
         # and only as many tasks as slots are out, so each starts when sent and its clock is
-        # right; isolated backends enforce per item on the worker and keep their chunks.
+        # right; isolated backends enforce them per item on the worker and keep their chunks.
         self.timed_here = self.timeout is not None and not backend.isolated
         self.job.sizer = ChunkSizer(
             slots,
-            1 if self.timed_here else fixed,
+            1 if self.timed_here else options.chunksize,
             target_seconds=CLUSTER_TARGET_CHUNK_SECONDS,
             min_seconds=CLUSTER_MIN_CHUNK_SECONDS,
         )
         self.slots = slots
         self.limit = slots if self.timed_here else IN_FLIGHT_PER_SLOT * slots
-        if progress:
-            from allcores._progress import make_progress
-
-            self.job.progress = make_progress(progress, self.job.total)
         self.running: dict[Any, ChunkTask] = {}
         self._attempts = itertools.count()
-        self.fn_ref = backend.put(fn_blob)  # once per call, whatever the number of chunks
+        self.fn_ref: Any = None
 
-    # -- one round -------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Place the function in the engine's store: once per call, whatever the chunks."""
+        self.fn_ref = self.backend.put(self.fn_blob)
+        self.fn_blob = None
 
-    @property
-    def finished(self) -> bool:
-        return self.job.finished and not self.running
-
-    def step(self) -> None:
-        """Send what may be sent, wait for one task (or a deadline), take its answer."""
-        job = self.job
-        now = time.monotonic()
-        self._release_due(now)
-        self._feed(now)
-        if job.finished or job.maybe_finish():
-            self.stop()
-            return
-        wake = self._next_wake()
-        if not self.running:
-            if wake is not None:  # only retries waiting out their backoff
-                time.sleep(max(0.0, wake - now))
-            return
-        timeout = None if wake is None else max(0.0, wake - now)
-        done = self.backend.wait(list(self.running), timeout)
-        now = time.monotonic()
-        for handle in done:
-            task = self.running.pop(handle, None)
-            if task is None:
-                continue
-            job.in_flight -= 1
-            self._take(task, self.backend.outcome(handle), now)
-            if job.finished:
-                break
-        self._enforce_deadlines(now)
-        if job.finished or job.maybe_finish():
-            self.stop()
-
-    def _next_wake(self) -> float | None:
+    def next_wake(self) -> float | None:
         times = [t for t, _ in self.job.delayed]
         times.extend(t.deadline for t in self.running.values() if t.deadline is not None)
         return min(times) if times else None
 
-    def _release_due(self, now: float) -> None:
+    def feed(self, now: float) -> None:
         job = self.job
-        if job.delayed:
-            due = [c for t, c in job.delayed if t <= now]
-            if due:
-                job.delayed = [(t, c) for t, c in job.delayed if t > now]
-                for chunk in reversed(due):
-                    job.pending.appendleft(chunk)
-
-    def _feed(self, now: float) -> None:
-        job = self.job
+        job.release_due(now)
         while len(self.running) < self.limit and job.can_feed():
             # Until the first answer, one one-item probe per slot: nothing is known to size by.
             if not job.sizer.learned and not job.pending and len(self.running) >= self.slots:
@@ -261,14 +194,25 @@ class ClusterCall:
         key = f"{self.call_id}-{chunk.start}-{next(self._attempts)}"
         handle = self.backend.submit(key, self.call_id, self.fn_ref, items_blob, job.mode,
                                      self.timeout, chunk.start)
-        deadline = now + self.timeout if self.timed_here and self.timeout is not None else None
-        self.running[handle] = ChunkTask(key, handle, chunk, deadline)
-        job.in_flight += 1
+        job.sent(chunk, now)
+        if not self.timed_here:
+            chunk.deadline = None  # enforced on the worker (isolated), or no timeout at all
+        self.running[handle] = ChunkTask(key, handle, chunk, chunk.deadline)
+        self.engine._watch(handle, self)
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _take(self, task: ChunkTask, outcome: Outcome, now: float) -> None:
-        job, chunk = self.job, task.chunk
+    def take(self, handle: Any, now: float) -> None:
+        task = self.running.pop(handle, None)
+        if task is None:
+            return  # cancelled meanwhile (a timeout, a stop)
+        self.job.returned(task.chunk)
+        if self.job.finished:
+            return
+        self._outcome(task.chunk, self.backend.outcome(handle), now)
+
+    def _outcome(self, chunk: Chunk, outcome: Outcome, now: float) -> None:
+        job = self.job
         if outcome.error is not None:
             job.fail(outcome.error)
             return
@@ -335,14 +279,14 @@ class ClusterCall:
         )
         job.item_failed(chunk.start, item, error, chunk.attempt, now, infrastructure=True)
 
-    def _enforce_deadlines(self, now: float) -> None:
+    def enforce_deadlines(self, now: float) -> None:
         expired = [t for t in self.running.values() if t.deadline is not None and t.deadline <= now]
         if not expired:
             return
         self.backend.cancel([t.handle for t in expired], self.call_id)
         for task in expired:
             del self.running[task.handle]
-            self.job.in_flight -= 1
+            self.job.returned(task.chunk)
             if self.job.finished:
                 continue
             chunk = task.chunk
@@ -357,83 +301,179 @@ class ClusterCall:
 
     # -- the end ---------------------------------------------------------------------------
 
-    def stop(self) -> None:
+    def stop(self, error: BaseException | None = None) -> None:
         """Cancel every task still running (fail-fast, Ctrl-C, an early break); idempotent."""
         if self.running:
             handles = list(self.running)
             self.running.clear()
             self.backend.cancel(handles, self.call_id)
         if not self.job.finished:
-            self.job.fail(CancelledError())
+            self.job.fail(error or CancelledError())
         if self.fn_ref is not None:
             self.backend.forget(self.fn_ref)
             self.fn_ref = None
 
 
-def run_map(backend: ClusterBackend, fn: Callable[..., Any], iterable: Iterable[Any], *,
-            mode: int, chunksize: Any, ordered: bool, options: TaskOptions,
-            progress: Any) -> MapResults:
-    """A whole map on the cluster; the list of results (``MapResults``)."""
-    call = ClusterCall(backend, fn, iterable, mode=mode, chunksize=chunksize, ordered=ordered,
-                       options=options, progress=progress, bounded=False)
-    try:
-        while not call.finished:
-            call.step()
-    finally:
-        call.stop()
-    sink = call.sink
-    if sink.error is not None:
-        raise sink.error
-    out = MapResults(itertools.chain.from_iterable(sink.batches), sink.failures)
-    return out
+_RUNNING, _CLOSING, _DONE = "running", "closing", "done"
 
 
-class ClusterIterator:
-    """Results of an imap on the cluster, driven as the caller consumes them."""
+class ClusterEngine(Engine):
+    """Runs calls on a cluster backend; one thread, blocking on one queue of events.
 
-    def __init__(self, call: ClusterCall) -> None:
-        self._call = call
-        self._it = self._generate()
+    Events: ``("submit", call)``, ``("cancel", call, error)``, ``("done", handle)`` (posted by
+    the engine's completion callback), ``("wake",)`` (the caller took results, or close()),
+    ``("terminate",)``. The thread's wait times out at the next deadline (a retry's backoff, a
+    timed item on an engine without isolation), so nothing is polled.
+    """
 
-    @property
-    def failures(self) -> list[Failure]:
-        return self._call.sink.failures
+    def __init__(self, backend: ClusterBackend, options: TaskOptions | None = None) -> None:
+        self.backend = backend
+        self.workers = backend.slots()
+        self.options = options or TaskOptions()
+        self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._calls: list[ClusterCall] = []
+        self._owner: dict[Any, ClusterCall] = {}
+        self._state = _RUNNING
+        self._state_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="allcores-cluster", daemon=True)
+        self._thread.start()
 
-    def _generate(self) -> Iterator[Any]:
-        call = self._call
-        sink = call.sink
-        try:
-            while True:
-                while sink.batches:
-                    yield from sink.batches.popleft()
-                if sink.error is not None:
-                    raise sink.error
-                if call.finished or sink.done:
-                    return
-                call.step()
-        finally:
-            call.stop()
+    # -- the door ----------------------------------------------------------------------------
 
-    def __iter__(self) -> ClusterIterator:
-        return self
+    def start(self, fn: Callable[..., Any], iterable: Iterable[Any], sink: Sink, *,
+              mode: int = CALL_ONE, ordered: bool = True, options: TaskOptions | None = None,
+              on_dispatch: Callable[[], bool] | None = None,
+              max_outstanding: int | None = None) -> object:
+        if self._state != _RUNNING:
+            raise _errors.PoolClosedError(
+                "this pool was closed or terminated: create a new one to submit more work"
+            )
+        call = ClusterCall(self, fn, iterable, sink, mode=mode, ordered=ordered,
+                           options=options or self.options, on_dispatch=on_dispatch,
+                           max_outstanding=max_outstanding)
+        self._events.put(("submit", call))
+        return call
 
-    def __next__(self) -> Any:
-        return next(self._it)
+    def cancel(self, handle: object, error: BaseException) -> None:
+        self._events.put(("cancel", handle, error))
+
+    def consumed(self) -> None:
+        self._events.put(("wake",))
 
     def close(self) -> None:
-        """Stop early: tasks still running on the cluster are cancelled."""
-        self._it.close()
+        with self._state_lock:
+            if self._state == _RUNNING:
+                self._state = _CLOSING
+        self._events.put(("wake",))
 
-    def __del__(self) -> None:
+    def terminate(self) -> None:
+        with self._state_lock:
+            if self._state == _DONE:
+                return
+            self._state = _CLOSING
+        self._events.put(("terminate",))
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def accepting(self) -> bool:
+        return self._state == _RUNNING
+
+    # -- the engine thread ---------------------------------------------------------------------
+
+    def _watch(self, handle: Any, call: ClusterCall) -> None:
+        self._owner[handle] = call
+        events = self._events
+        self.backend.on_done(handle, lambda: events.put(("done", handle)))
+
+    def _run(self) -> None:
         try:
-            self.close()
-        except Exception:
-            pass
+            self._loop()
+        except BaseException as exc:  # allcores' own bug: fail every call, never hang one
+            error = _errors.InternalError(f"the cluster engine stopped: {exc!r}")
+            error.__cause__ = exc
+            for call in list(self._calls):
+                self._stop(call, error)
+        finally:
+            with self._state_lock:
+                self._state = _DONE
 
+    def _loop(self) -> None:
+        while True:
+            wakes = [w for w in (c.next_wake() for c in self._calls) if w is not None]
+            timeout = max(0.0, min(wakes) - time.monotonic()) if wakes else None
+            try:
+                events = [self._events.get(timeout=timeout)]
+            except queue.Empty:
+                events = []
+            while True:
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            now = time.monotonic()
+            for event in events:
+                kind = event[0]
+                if kind == "terminate":
+                    closed = _errors.PoolClosedError(
+                        "the pool was terminated before this call finished"
+                    )
+                    for call in list(self._calls):
+                        self._stop(call, closed)
+                    self._calls.clear()
+                    return
+                if kind == "submit":
+                    call = event[1]
+                    try:
+                        call.begin()
+                    except BaseException as exc:
+                        call.job.fail(exc)
+                        continue
+                    self._calls.append(call)
+                elif kind == "cancel":
+                    call = event[1]
+                    if call in self._calls:
+                        self._stop(call, event[2])
+                elif kind == "done":
+                    owner = self._owner.pop(event[1], None)
+                    if owner is not None:
+                        self._guarded(owner, lambda c=owner, h=event[1]: c.take(h, now))
+            for call in list(self._calls):
+                self._guarded(call, lambda c=call: c.enforce_deadlines(now))
+                self._guarded(call, lambda c=call: c.feed(now))
+                if call.job.finished or call.job.maybe_finish():
+                    self._stop(call, None)
+            if self._state != _RUNNING and not self._calls:
+                return
 
-def run_imap(backend: ClusterBackend, fn: Callable[..., Any], iterable: Iterable[Any], *,
-             mode: int, chunksize: Any, ordered: bool, options: TaskOptions,
-             progress: Any) -> ClusterIterator:
-    call = ClusterCall(backend, fn, iterable, mode=mode, chunksize=chunksize, ordered=ordered,
-                       options=options, progress=progress, bounded=True)
-    return ClusterIterator(call)
+    def _guarded(self, call: ClusterCall, step: Callable[[], None]) -> None:
+        """Run one step of a call; an error in it fails that call alone."""
+        if call.job.finished:
+            return
+        try:
+            step()
+        except BaseException as exc:
+            error = _errors.InternalError(
+                f"allcores failed handling a call on the {self.backend.name} cluster: {exc!r}"
+            )
+            error.__cause__ = exc
+            call.job.fail(error)
+
+    def _stop(self, call: ClusterCall, error: BaseException | None) -> None:
+        for handle in call.running:
+            self._owner.pop(handle, None)
+        try:
+            call.stop(error)
+        except BaseException as exc:  # the cluster went away: the call fails, the engine lives
+            if not call.job.finished:
+                call.job.fail(exc)
+        if call in self._calls:
+            self._calls.remove(call)

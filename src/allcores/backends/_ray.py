@@ -9,7 +9,7 @@ driver re-runs the chunk item by item to find the culprit, as the local engine d
 from __future__ import annotations
 
 import atexit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from allcores.backends import _remote
@@ -61,9 +61,8 @@ class RayBackend(ClusterBackend):
                timeout: float | None, start: int) -> Any:
         return self._task.options(name=key).remote(call_id, fn_ref, items_blob, mode, "")
 
-    def wait(self, handles: Sequence[Any], timeout: float | None) -> list[Any]:
-        ready, _ = self._ray.wait(list(handles), num_returns=1, timeout=timeout)
-        return ready
+    def on_done(self, handle: Any, callback: Callable[[], None]) -> None:
+        handle.future().add_done_callback(lambda _future: callback())
 
     def outcome(self, handle: Any) -> Outcome:
         exceptions = self._ray.exceptions

@@ -26,7 +26,6 @@ from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import serialization
-from allcores._engine.messages import TaskError
 
 # Loaded functions kept per worker process, by call id: a call's function is unpickled once per
 # worker, not once per chunk. Bounded so a long-lived worker does not keep old calls' closures.
@@ -125,7 +124,7 @@ def _local_pool(processes: int) -> Any:
     """This worker process's allcores pool, started on first use (one per Dask worker)."""
     global _pool
     with _pool_lock:
-        if _pool is not None and not _pool._engine.manager.alive:
+        if _pool is not None and not _pool._engine.alive:
             _pool = None
         if _pool is None:
             from allcores._pool import Pool
@@ -137,7 +136,7 @@ def _local_pool(processes: int) -> Any:
             multiprocessing.current_process()._config.pop("daemon", None)  # type: ignore[attr-defined]
             # forkserver: a Dask worker runs an event loop and several threads, and forking a
             # threaded process can deadlock the child on a lock held at the fork.
-            _pool = Pool(processes, context="forkserver", memory_reserve=None)
+            _pool = Pool(processes, context="forkserver", memory_reserve=None, backend="processes")
         return _pool
 
 
@@ -174,19 +173,19 @@ def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
     """Run a chunk in this Dask worker's local allcores pool and answer with its outcome."""
     import time
 
-    from allcores._engine.client import TaskOptions
+    from allcores._engine.options import TaskOptions
 
     try:
         fn, items = _load(call_id, fn_blob, items_blob)
     except BaseException as exc:
         return _load_failed(exc, where)
     pool = _local_pool(processes)
-    options = TaskOptions(timeout=timeout, on_error="collect")
+    options = TaskOptions(item_timeout=timeout, on_error="collect")
     with _pool_lock:
         _running[call_id] += 1
     started = time.perf_counter()
     try:
-        values = pool._async(fn, items, mode, None, None, None, options=options).get()
+        values = pool._async(fn, items, mode, options).get()
     except _errors.PoolClosedError:
         raise LostChunk(f"the local pool on {where} was stopped under this chunk") from None
     finally:
