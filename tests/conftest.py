@@ -20,6 +20,24 @@ _INFRASTRUCTURE = ("forkserver", "resource_tracker", "semaphore_tracker")
 _SHM_PREFIXES = ("allcores", "sem.allcores")
 
 
+# Processes of a module-scoped cluster (Dask workers, Ray's GCS and raylet), registered by
+# tests/_cluster.py while the cluster is up. Their descendants come and go by the engine's
+# design (Ray starts workers on demand; a Dask worker's local allcores pool replaces a process
+# that crashed or timed out), so they are the cluster's, not a test's leak; the cluster tests
+# check themselves that nothing of theirs still runs there. Processes a test starts itself, and
+# everything outside a registered cluster, are checked as before.
+CLUSTER_ROOTS: set[int] = set()
+
+
+def _under_cluster(proc: psutil.Process) -> bool:
+    if not CLUSTER_ROOTS:
+        return False
+    try:
+        return proc.pid in CLUSTER_ROOTS or any(p.pid in CLUSTER_ROOTS for p in proc.parents())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+
+
 def _infrastructure(proc: psutil.Process) -> bool:
     try:
         cmdline = " ".join(proc.cmdline())
@@ -93,7 +111,7 @@ def no_leaks(request):
     children = [
         c
         for c in me.children(recursive=True)
-        if c.pid not in children_before and not _infrastructure(c)
+        if c.pid not in children_before and not _infrastructure(c) and not _under_cluster(c)
     ]
     _, alive = psutil.wait_procs(children, timeout=LEAK_GRACE_SECONDS)
     leaked_threads = []

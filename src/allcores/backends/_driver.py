@@ -445,21 +445,21 @@ class ClusterEngine(Engine):
                 elif kind == "done":
                     owner = self._owner.pop(event[1], None)
                     if owner is not None:
-                        self._guarded(owner, lambda c=owner, h=event[1]: c.take(h, now))
+                        self._guarded(owner, owner.take, event[1], now)
             for call in list(self._calls):
-                self._guarded(call, lambda c=call: c.enforce_deadlines(now))
-                self._guarded(call, lambda c=call: c.feed(now))
+                self._guarded(call, call.enforce_deadlines, now)
+                self._guarded(call, call.feed, now)
                 if call.job.finished or call.job.maybe_finish():
                     self._stop(call, None)
             if self._state != _RUNNING and not self._calls:
                 return
 
-    def _guarded(self, call: ClusterCall, step: Callable[[], None]) -> None:
+    def _guarded(self, call: ClusterCall, step: Callable[..., None], *args: Any) -> None:
         """Run one step of a call; an error in it fails that call alone."""
         if call.job.finished:
             return
         try:
-            step()
+            step(*args)
         except BaseException as exc:
             error = _errors.InternalError(
                 f"allcores failed handling a call on the {self.backend.name} cluster: {exc!r}"

@@ -90,11 +90,8 @@ class RayBackend(ClusterBackend):
             self._ray.wait(list(handles), num_returns=len(handles),
                            timeout=CANCEL_CONFIRM_SECONDS)
 
-    def forget(self, ref: Any) -> None:
-        try:
-            self._ray.internal.free([ref])
-        except Exception:
-            pass
+    # forget(): nothing to do; Ray frees a stored value once no reference to it is left, and
+    # the call drops its reference when it ends.
 
     def close(self) -> None:
         if not self._owned:
