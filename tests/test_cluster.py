@@ -33,8 +33,7 @@ pytestmark = pytest.mark.timeout(300)
 def backend(request):
     """What a user passes as ``backend=``: a live distributed.Client, or "ray"."""
     if request.param == "dask":
-        for client in dask_cluster():
-            yield client
+        yield from dask_cluster()
     else:
         for _ray in ray_cluster():
             yield "ray"
