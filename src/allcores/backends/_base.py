@@ -65,8 +65,10 @@ class ClusterBackend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, key: str, call_id: str, fn_ref: Any, items_blob: bytes, mode: int,
-               timeout: float | None, start: int) -> Any:
-        """Start one chunk task; returns the engine's handle for it."""
+               timeout: float | None, start: int, shares: dict[str, Any]) -> Any:
+        """Start one chunk task; returns the engine's handle for it. ``timeout`` is the
+        per-item limit (the worker enforces it when ``isolated``); ``shares`` maps the tokens
+        of the shares in the items to their references in the store (:meth:`put`)."""
 
     @abc.abstractmethod
     def on_done(self, handle: Any, callback: Callable[[], None]) -> None:
@@ -79,6 +81,15 @@ class ClusterBackend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, handles: Sequence[Any], call_id: str) -> None:
         """Stop these tasks now, running ones included; nothing of them keeps running."""
+
+    def started_at(self, handle: Any) -> float | None:
+        """When (``time.time()``) the task ``handle`` started running, None if it has not yet.
+
+        Only asked of backends the driver enforces timeouts for (``isolated`` False), and only
+        once a timed task's first deadline (from its submission) has passed, so a task that
+        waited for a worker to start is not stopped for time it never ran.
+        """
+        return float("-inf")
 
     def forget(self, ref: Any) -> None:  # noqa: B027 - optional
         """Drop a stored value (the call is over)."""

@@ -25,13 +25,13 @@ WAIT_FOR_WORKERS_SECONDS = 60.0
 
 
 def _dask_chunk(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
-                timeout: float | None, start: int) -> bytes:
+                timeout: float | None, start: int, shares: dict[str, Any]) -> bytes:
     """The task: find this worker's thread count and address, run the chunk isolated."""
     from distributed import get_worker
 
     worker = get_worker()
     return _remote.run_isolated(call_id, fn_blob, items_blob, mode, timeout, start,
-                                worker.state.nthreads, worker.address)
+                                worker.state.nthreads, worker.address, shares)
 
 
 def _plugin() -> Any:
@@ -98,10 +98,10 @@ class DaskBackend(ClusterBackend):
         return self.client.scatter(value, hash=False, broadcast=False)
 
     def submit(self, key: str, call_id: str, fn_ref: Any, items_blob: bytes, mode: int,
-               timeout: float | None, start: int) -> Any:
+               timeout: float | None, start: int, shares: dict[str, Any]) -> Any:
         # retries=0 and pure=False with our own key: Dask neither retries nor dedupes a chunk.
         return self.client.submit(_dask_chunk, call_id, fn_ref, items_blob, mode, timeout,
-                                  start, key=key, pure=False, retries=0)
+                                  start, shares, key=key, pure=False, retries=0)
 
     def on_done(self, handle: Any, callback: Callable[[], None]) -> None:
         handle.add_done_callback(lambda _future: callback())

@@ -46,6 +46,7 @@ from allcores._engine.jobs import Chunk, Job, Sink, attach_traceback
 from allcores._engine.messages import CALL_ONE
 from allcores._engine.options import TaskOptions
 from allcores._engine.scheduler import ChunkSizer
+from allcores.backends import _remote
 from allcores.backends._base import ChunkTask, ClusterBackend, Outcome
 
 # A chunk task's round trip through a cluster scheduler is about 1 ms (Dask's documented
@@ -59,50 +60,54 @@ CLUSTER_MIN_CHUNK_SECONDS = 0.02
 IN_FLIGHT_PER_SLOT = 2
 
 
-def _share_reduction(obj: Any) -> Any:
-    """How a ``SharedArray`` pickles for a cluster, or NotImplemented for anything else.
-
-    Its memory lives on this machine, so a read-only share travels as its plain array (inside
-    the function or a partial, that is once per call, through the engine's store), and a
-    writable one is refused: the workers' writes could never come back.
-    """
+def _share_class() -> Any:
     shared = sys.modules.get("allcores.shared")
-    if shared is None or not isinstance(obj, shared.SharedArray):
-        return NotImplemented
+    return None if shared is None else shared.SharedArray
+
+
+def _refuse_writable(obj: Any) -> None:
     if obj.writable:
         raise _errors.ArgumentPicklingError(
             "a writable allcores.SharedArray cannot be used on a cluster: its memory lives on "
             "this machine, and the workers' writes would never come back. Return the results "
             "from the task instead (they are gathered for you), or run locally."
         )
-    return (_identity, (obj.array.copy(),))
 
 
-def _identity(value: Any) -> Any:
-    return value
+class _ItemPickler(pickle.Pickler):
+    """Pickles a chunk's items; a read-only share goes into the engine's store once per call
+    and travels as its token (``ClusterCall.shares``), a writable one is refused."""
 
+    def __init__(self, buffer: io.BytesIO, call: ClusterCall) -> None:
+        super().__init__(buffer, serialization.PROTOCOL)
+        self.call = call
 
-class _DataPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
-        return _share_reduction(obj)
+        cls = _share_class()
+        if cls is None or not isinstance(obj, cls):
+            return NotImplemented
+        _refuse_writable(obj)
+        token = obj.name
+        if token not in self.call.shares:
+            self.call.shares[token] = self.call.backend.put(obj.array)
+        return (_remote.shared_from_store, (token,))
 
 
-def _dumps(obj: Any, function: bool) -> bytes:
-    """Pickle a call's function (cloudpickle) or a chunk's items (pickle), shares handled."""
+def _dumps_function(fn: Any) -> bytes:
+    """cloudpickle, with shares inside (closures, partials) carried by value: the function
+    itself goes into the store once per call."""
+    import cloudpickle
+
+    class _FunctionPickler(cloudpickle.CloudPickler):
+        def reducer_override(self, obj: Any) -> Any:
+            cls = _share_class()
+            if cls is not None and isinstance(obj, cls):
+                _refuse_writable(obj)
+                return (_remote.ClusterShare, (obj.array.copy(),))
+            return super().reducer_override(obj)
+
     buffer = io.BytesIO()
-    if function:
-        import cloudpickle
-
-        class _FunctionPickler(cloudpickle.CloudPickler):
-            def reducer_override(self, obj: Any) -> Any:
-                reduced = _share_reduction(obj)
-                if reduced is NotImplemented:
-                    return super().reducer_override(obj)
-                return reduced
-
-        _FunctionPickler(buffer, serialization.PROTOCOL).dump(obj)
-    else:
-        _DataPickler(buffer, serialization.PROTOCOL).dump(obj)
+    _FunctionPickler(buffer, serialization.PROTOCOL).dump(fn)
     return buffer.getvalue()
 
 
@@ -116,7 +121,7 @@ class ClusterCall:
         if not callable(fn):
             raise TypeError(f"the task function must be callable, got {fn!r}")
         try:
-            self.fn_blob: bytes | None = _dumps(fn, function=True)
+            self.fn_blob: bytes | None = _dumps_function(fn)
         except _errors.ArgumentPicklingError:
             raise
         except Exception as exc:
@@ -149,6 +154,7 @@ class ClusterCall:
         self.running: dict[Any, ChunkTask] = {}
         self._attempts = itertools.count()
         self.fn_ref: Any = None
+        self.shares: dict[str, Any] = {}  # share name -> its reference in the store
 
     def begin(self) -> None:
         """Place the function in the engine's store: once per call, whatever the chunks."""
@@ -178,7 +184,9 @@ class ClusterCall:
         job = self.job
         items = chunk.items if isinstance(chunk.items, range) else list(chunk.items)
         try:
-            items_blob = _dumps(items, function=False)
+            buffer = io.BytesIO()
+            _ItemPickler(buffer, self).dump(items)
+            items_blob = buffer.getvalue()
         except Exception as exc:
             if len(chunk.items) > 1:
                 job.isolate(chunk)  # find which item does not pickle
@@ -193,7 +201,7 @@ class ClusterCall:
             return
         key = f"{self.call_id}-{chunk.start}-{next(self._attempts)}"
         handle = self.backend.submit(key, self.call_id, self.fn_ref, items_blob, job.mode,
-                                     self.timeout, chunk.start)
+                                     self.timeout, chunk.start, dict(self.shares))
         job.sent(chunk, now)
         if not self.timed_here:
             chunk.deadline = None  # enforced on the worker (isolated), or no timeout at all
@@ -280,7 +288,22 @@ class ClusterCall:
         job.item_failed(chunk.start, item, error, chunk.attempt, now, infrastructure=True)
 
     def enforce_deadlines(self, now: float) -> None:
-        expired = [t for t in self.running.values() if t.deadline is not None and t.deadline <= now]
+        due = [t for t in self.running.values() if t.deadline is not None and t.deadline <= now]
+        if not due:
+            return
+        expired = []
+        wall = time.time()
+        for task in due:
+            # The first deadline counts from submission; the item's own clock starts when it
+            # does (a task may have waited for a worker to start), so look before cancelling.
+            started = self.backend.started_at(task.handle)
+            assert self.timeout is not None
+            if started is None:
+                task.deadline = now + self.timeout  # the earliest it could run out
+            elif started + self.timeout > wall:
+                task.deadline = now + (started + self.timeout - wall)
+            else:
+                expired.append(task)
         if not expired:
             return
         self.backend.cancel([t.handle for t in expired], self.call_id)
@@ -312,6 +335,9 @@ class ClusterCall:
         if self.fn_ref is not None:
             self.backend.forget(self.fn_ref)
             self.fn_ref = None
+        for ref in self.shares.values():
+            self.backend.forget(ref)
+        self.shares.clear()
 
 
 _RUNNING, _CLOSING, _DONE = "running", "closing", "done"

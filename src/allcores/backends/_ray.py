@@ -50,6 +50,11 @@ class RayBackend(ClusterBackend):
         self._task = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(
             _remote.run_inline
         )
+        # Timed items run as a streaming task that reports its start first (see started_at).
+        self._timed_task = ray.remote(
+            num_cpus=1, max_retries=0, retry_exceptions=False, num_returns="streaming"
+        )(_remote.run_inline_timed)
+        self._starts: dict[Any, float] = {}
 
     def slots(self) -> int:
         return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
@@ -58,15 +63,34 @@ class RayBackend(ClusterBackend):
         return self._ray.put(value)
 
     def submit(self, key: str, call_id: str, fn_ref: Any, items_blob: bytes, mode: int,
-               timeout: float | None, start: int) -> Any:
-        return self._task.options(name=key).remote(call_id, fn_ref, items_blob, mode, "")
+               timeout: float | None, start: int, shares: dict[str, Any]) -> Any:
+        task = self._task if timeout is None else self._timed_task
+        return task.options(name=key).remote(call_id, fn_ref, items_blob, mode, "", shares)
 
     def on_done(self, handle: Any, callback: Callable[[], None]) -> None:
-        handle.future().add_done_callback(lambda _future: callback())
+        ref = handle.completed() if self._streaming(handle) else handle
+        ref.future().add_done_callback(lambda _future: callback())
+
+    def _streaming(self, handle: Any) -> bool:
+        return isinstance(handle, self._ray.ObjectRefGenerator)
+
+    def started_at(self, handle: Any) -> float | None:
+        if not self._streaming(handle):
+            return float("-inf")
+        if handle not in self._starts:
+            ready, _ = self._ray.wait([handle], timeout=0)
+            if not ready:
+                return None
+            self._starts[handle] = self._ray.get(next(handle))
+        return self._starts[handle]
 
     def outcome(self, handle: Any) -> Outcome:
         exceptions = self._ray.exceptions
         try:
+            if self._streaming(handle):
+                if self._starts.pop(handle, None) is None:
+                    self._ray.get(next(handle))  # the start marker
+                return Outcome(answer=self._ray.get(next(handle)))
             return Outcome(answer=self._ray.get(handle))
         except exceptions.TaskCancelledError:
             return Outcome(lost="the task was cancelled")
@@ -77,9 +101,12 @@ class RayBackend(ClusterBackend):
             return Outcome(crashed=_cause(exc))
         except exceptions.RayTaskError as exc:
             return Outcome(error=exc)
+        except StopIteration:
+            return Outcome(crashed="its worker ended the task without an answer")
 
     def cancel(self, handles: Sequence[Any], call_id: str) -> None:
         for ref in handles:
+            self._starts.pop(ref, None)
             try:
                 self._ray.cancel(ref, force=True)
             except Exception:
@@ -87,8 +114,8 @@ class RayBackend(ClusterBackend):
         if handles:
             # Block until Ray reports them ended, so nothing of them is still running when the
             # call returns (a force-cancel kills the worker process asynchronously).
-            self._ray.wait(list(handles), num_returns=len(handles),
-                           timeout=CANCEL_CONFIRM_SECONDS)
+            refs = [h.completed() if self._streaming(h) else h for h in handles]
+            self._ray.wait(refs, num_returns=len(refs), timeout=CANCEL_CONFIRM_SECONDS)
 
     # forget(): nothing to do; Ray frees a stored value once no reference to it is left, and
     # the call drops its reference when it ends.

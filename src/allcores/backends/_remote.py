@@ -48,6 +48,83 @@ def _function(call_id: str, fn_blob: bytes) -> Any:
     return fn
 
 
+class ClusterShare:
+    """What an ``allcores.SharedArray`` becomes on a cluster worker: the same ``.array`` (a
+    read-only numpy array), read from the engine's store, where it was put once per call.
+
+    A task written for ``handle.array[lo:hi]`` runs unchanged.
+    """
+
+    writable = False
+
+    def __init__(self, array: Any) -> None:
+        try:
+            array.setflags(write=False)
+        except ValueError:
+            pass  # already read-only (Ray's zero-copy arrays are)
+        self._array = array
+
+    @property
+    def array(self) -> Any:
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self._array.dtype
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        return self._array if dtype is None else self._array.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._array[key]
+
+    def close(self) -> None:
+        """Nothing to free here: the store frees the array when the call ends."""
+
+    def __enter__(self) -> ClusterShare:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def __reduce__(self) -> Any:
+        return (ClusterShare, (self._array,))
+
+
+# The arrays of the shares of the chunk being loaded, by token (see _driver's pickler).
+_loading = threading.local()
+
+
+def shared_from_store(token: str) -> ClusterShare:
+    """Unpickling hook of a share in a chunk's items: the array the call put in the store."""
+    shares = getattr(_loading, "shares", None) or {}
+    try:
+        return ClusterShare(shares[token])
+    except KeyError:
+        raise _errors.InternalError(f"share {token} is missing from the task") from None
+
+
+def _resolve(shares: dict[str, Any] | None) -> dict[str, Any]:
+    """Dask hands a task its stored values; Ray hands nested references, fetched here."""
+    if not shares:
+        return {}
+    out = {}
+    for token, value in shares.items():
+        if type(value).__name__ == "ObjectRef":
+            import ray
+
+            value = ray.get(value)
+        out[token] = value
+    return out
+
+
 def _answer(values: list, errors: list[tuple[int, BaseException, str, bool]], seconds: float,
             where: str) -> bytes:
     """Pickle a chunk's answer; a value that does not pickle fails only its own item."""
@@ -76,9 +153,14 @@ def _portable(exc: BaseException) -> BaseException:
     return _portable_error(exc)
 
 
-def _load(call_id: str, fn_blob: bytes, items_blob: bytes) -> tuple[Any, list]:
+def _load(call_id: str, fn_blob: bytes, items_blob: bytes,
+          shares: dict[str, Any] | None) -> tuple[Any, list]:
     fn = _function(call_id, fn_blob)
-    return fn, serialization.loads(items_blob)
+    _loading.shares = _resolve(shares)
+    try:
+        return fn, serialization.loads(items_blob)
+    finally:
+        _loading.shares = None
 
 
 def _load_failed(exc: BaseException, where: str) -> bytes:
@@ -94,7 +176,8 @@ def _load_failed(exc: BaseException, where: str) -> bytes:
     return serialization.dumps(([], [(-1, err, tb, False)], 0.0, where))
 
 
-def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where: str) -> bytes:
+def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where: str,
+               shares: dict[str, Any] | None = None) -> bytes:
     """Run a chunk in this process (a Ray worker) and answer with its pickled outcome."""
     import time
 
@@ -102,7 +185,7 @@ def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where
 
     where = where or f"{socket.gethostname()} pid {os.getpid()}"
     try:
-        fn, items = _load(call_id, fn_blob, items_blob)
+        fn, items = _load(call_id, fn_blob, items_blob, shares)
     except BaseException as exc:
         return _load_failed(exc, where)
     started = time.perf_counter()
@@ -110,6 +193,19 @@ def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where
     seconds = time.perf_counter() - started
     errors = [(e.offset, e.error, e.traceback, False) for e in task_errors]
     return _answer(values, errors, seconds, where)
+
+
+def run_inline_timed(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
+                     where: str, shares: dict[str, Any] | None = None) -> Any:
+    """:func:`run_inline` as a generator that first yields when it started (wall clock).
+
+    Ray streams the first value to the driver at once, so a timed item's clock starts when the
+    item starts, not when the task was queued behind a worker's start-up.
+    """
+    import time
+
+    yield time.time()
+    yield run_inline(call_id, fn_blob, items_blob, mode, where, shares)
 
 
 # -- isolated mode (Dask) -------------------------------------------------------------------
@@ -169,14 +265,15 @@ class LostChunk(Exception):
 
 
 def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
-                 timeout: float | None, start: int, processes: int, where: str) -> bytes:
+                 timeout: float | None, start: int, processes: int, where: str,
+                 shares: dict[str, Any] | None = None) -> bytes:
     """Run a chunk in this Dask worker's local allcores pool and answer with its outcome."""
     import time
 
     from allcores._engine.options import TaskOptions
 
     try:
-        fn, items = _load(call_id, fn_blob, items_blob)
+        fn, items = _load(call_id, fn_blob, items_blob, shares)
     except BaseException as exc:
         return _load_failed(exc, where)
     pool = _local_pool(processes)

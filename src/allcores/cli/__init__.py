@@ -15,7 +15,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-__all__ = ["count_arg", "main", "missing_extra"]
+__all__ = ["add_backend_args", "count_arg", "main", "missing_extra"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,24 @@ def count_arg(text: str) -> int:
     return int(value)
 
 
+def add_backend_args(group: argparse._ActionsContainer) -> None:
+    """``--backend`` and ``--address``: run a command's work on a Dask or Ray cluster.
+
+    :func:`main` applies them around the command with ``allcores.backend(...)``, so the batch
+    tools reach the cluster through the same calls as on this machine (docs/cluster.md).
+    """
+    group.add_argument(
+        "--backend", choices=("processes", "dask", "ray"), default=None,
+        help="where the work runs: this machine's processes (default, or $ALLCORES_BACKEND), "
+             "a Dask or a Ray cluster",
+    )
+    group.add_argument(
+        "--address", default=None, metavar="ADDR",
+        help="the cluster's scheduler: tcp://HOST:8786 (Dask), HOST:6379 or auto (Ray); "
+             "without it a local cluster is started for the run",
+    )
+
+
 def missing_extra(package: str, extra: str) -> SystemExit:
     """The error a command raises when an optional dependency is not installed."""
     return SystemExit(
@@ -60,8 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    backend, address = getattr(args, "backend", None), getattr(args, "address", None)
+    if address is not None and backend is None:
+        parser.error("--address needs --backend dask or --backend ray")
     try:
-        return int(args.handler(args) or 0)
+        if backend is None:
+            return int(args.handler(args) or 0)
+        from allcores.backends import backend as run_on
+
+        with run_on(backend, address):
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("allcores: interrupted", file=sys.stderr)
         return 130

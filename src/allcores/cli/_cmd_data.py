@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from allcores.cli import count_arg
+from allcores.cli import add_backend_args, count_arg
 
 
 def register(subparsers: Any) -> None:
@@ -72,6 +72,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )
+    add_backend_args(p)
     p.add_argument("--json", action="store_true",
                    help="print the outcome as one JSON object (run statistics under \"stats\")")
     p.add_argument("--report", metavar="FILE.html", default=None,

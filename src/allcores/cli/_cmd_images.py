@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from allcores.cli import add_backend_args
+
 SAMPLES_FOLDER = "_samples"
 
 _DESCRIPTION = """\
@@ -63,6 +65,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--follow-links", action="store_true",
                      help="also read symbolic links under SRC that lead outside it (by "
                           "default they are listed as failures and not read)")
+    add_backend_args(run)
     run.add_argument("--force", action="store_true",
                      help="redo every image, even those already done")
     run.add_argument("--compare-serial", action="store_true",

@@ -13,7 +13,7 @@ import math
 import sys
 from typing import Any
 
-from allcores.cli import count_arg
+from allcores.cli import add_backend_args, count_arg
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +33,7 @@ def register(subparsers: Any) -> None:
     common.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )
+    add_backend_args(common)
     common.add_argument(
         "--target-stderr",
         type=float,
