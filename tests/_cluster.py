@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 
 import cloudpickle
 import psutil
@@ -48,16 +47,11 @@ def dask_cluster():
     with _registered_children() as register:
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, scheduler_kwargs={"dashboard": False},
+            dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
         )
         client = distributed.Client(cluster, set_as_default=False)
         client.wait_for_workers(2, timeout=START_TIMEOUT)
         register()
-        # Dask runs future callbacks on one thread it starts on first use and keeps for the
-        # process's life: start it now, so no test sees it as its own leak.
-        done = threading.Event()
-        client.submit(int, 0, pure=False).add_done_callback(lambda _f: done.set())
-        done.wait(START_TIMEOUT)
         try:
             yield client
         finally:
@@ -70,7 +64,7 @@ def ray_cluster():
     """A generator for a module fixture: yields the ``ray`` module, initialised."""
     ray = pytest.importorskip("ray")
     with _registered_children() as register:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
         register()
         ref = ray.put(0)  # start the driver's lazily started threads before any test

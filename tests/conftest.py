@@ -118,6 +118,8 @@ def no_leaks(request):
     for thread in set(threading.enumerate()) - threads_before:
         if type(thread).__name__ == "TMonitor":  # tqdm's monitor, one per session
             continue
+        if thread.name.startswith("Dask-Callback-Thread"):
+            continue  # Dask runs every future's callbacks on this one thread, for the process's life
         thread.join(LEAK_GRACE_SECONDS)
         if thread.is_alive():
             leaked_threads.append(thread.name)

@@ -71,10 +71,11 @@ class DaskBackend(ClusterBackend):
                 from allcores._engine.cpu import cpu_count
 
                 # Loopback only: a cluster started for one user's call must not listen on the
-                # network; dashboard off (it needs bokeh, and it would be one more open port).
+                # network. Dashboard off (it needs bokeh); the scheduler's HTTP endpoints on a
+                # free loopback port, not 8787, which another cluster may hold.
                 self._cluster = distributed.LocalCluster(
                     n_workers=workers or cpu_count(), threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address=None,
+                    host="127.0.0.1", dashboard_address="127.0.0.1:0",
                     scheduler_kwargs={"dashboard": False},
                 )
                 client = distributed.Client(self._cluster, set_as_default=False)

@@ -38,7 +38,10 @@ class RayBackend(ClusterBackend):
             if address is None:
                 from allcores._engine.cpu import cpu_count
 
-                ray.init(num_cpus=workers or cpu_count(), include_dashboard=False,
+                # address="local": a new instance, even where a `ray start` left its address
+                # behind for ray.init() to find (it would connect there instead).
+                ray.init(address="local", num_cpus=workers or cpu_count(),
+                         include_dashboard=False,
                          log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
