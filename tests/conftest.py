@@ -27,6 +27,9 @@ _SHM_PREFIXES = ("allcores", "sem.allcores")
 # check themselves that nothing of theirs still runs there. Processes a test starts itself, and
 # everything outside a registered cluster, are checked as before.
 CLUSTER_ROOTS: set[int] = set()
+# Threads Dask starts once per process on first use and keeps for the process's life, by
+# design (module-level executors: one runs future callbacks, one deserializes big messages).
+_ENGINE_THREADS = ("Dask-Callback-Thread", "Dask-Offload")
 
 
 def _under_cluster(proc: psutil.Process) -> bool:
@@ -118,8 +121,8 @@ def no_leaks(request):
     for thread in set(threading.enumerate()) - threads_before:
         if type(thread).__name__ == "TMonitor":  # tqdm's monitor, one per session
             continue
-        if thread.name.startswith("Dask-Callback-Thread"):
-            continue  # Dask runs every future's callbacks on this one thread, for the process's life
+        if thread.name.startswith(_ENGINE_THREADS):
+            continue
         thread.join(LEAK_GRACE_SECONDS)
         if thread.is_alive():
             leaked_threads.append(thread.name)
