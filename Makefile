@@ -51,6 +51,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/apply_async.py --json bench-out/apply_async.json
 	-$(PY) benchmarks/stats_overhead.py --json bench-out/stats_overhead.json
 	-$(PY) benchmarks/w3s_skew.py --json bench-out/w3s.json
+	-$(PY) benchmarks/cluster.py --json bench-out/cluster.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
