@@ -8,6 +8,7 @@ conftest.py) while they are up; see there why.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import sys
 
 import cloudpickle
@@ -21,6 +22,20 @@ cloudpickle.register_pickle_by_value(_cluster_tasks)
 
 # A cold start takes 2-8 s on the 2-core machine; a slow machine gets ample room.
 START_TIMEOUT = 120
+
+
+@contextlib.contextmanager
+def pickling_left_alone():
+    """Importing ``distributed`` installs tblib's reducer for every exception class in
+    ``copyreg.dispatch_table``, for the whole process (and the workers it forks). The local
+    engine's tests of exceptions that fail to unpickle must see the standard behaviour, so a
+    cluster module puts the table back as it found it when it ends."""
+    saved = dict(copyreg.dispatch_table)
+    try:
+        yield
+    finally:
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(saved)
 
 
 @contextlib.contextmanager
@@ -43,6 +58,11 @@ def _registered_children():
 
 def dask_cluster():
     """A generator for a module fixture: yields a ``distributed.Client``."""
+    with pickling_left_alone():
+        yield from _dask_cluster()
+
+
+def _dask_cluster():
     distributed = pytest.importorskip("distributed")
     with _registered_children() as register:
         cluster = distributed.LocalCluster(
@@ -62,6 +82,11 @@ def dask_cluster():
 
 def ray_cluster():
     """A generator for a module fixture: yields the ``ray`` module, initialised."""
+    with pickling_left_alone():
+        yield from _ray_cluster()
+
+
+def _ray_cluster():
     ray = pytest.importorskip("ray")
     with _registered_children() as register:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,

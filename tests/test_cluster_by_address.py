@@ -15,11 +15,17 @@ from pathlib import Path
 import pytest
 
 import allcores
-from _cluster import START_TIMEOUT
+from _cluster import START_TIMEOUT, pickling_left_alone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_pickling():
+    with pickling_left_alone():
+        yield
 
 
 def _free_port() -> int:
