@@ -9,7 +9,7 @@ results) with the next deadline as its timeout::
     -------------          -------------                        -------        --------------
     Pool.map(fn, items)
       start() -> Submit -> put(fn) once per call (scatter/put)
-                           Job.next_chunk() (ChunkSizer, 0.2 s)
+                           Job.next_chunk() (ChunkSizer, 50 ms)
                            pickle items, submit(key per attempt) -> scheduler -> run_isolated
                                                                                 (Dask: a local
                                                                                 allcores pool)
@@ -50,11 +50,14 @@ from allcores.backends import _remote
 from allcores.backends._base import ChunkTask, ClusterBackend, Outcome
 
 # A chunk task's round trip through a cluster scheduler is about 1 ms (Dask's documented
-# per-task overhead; Ray's is similar), ten times the local pipe's: chunks aim at ten times the
-# local engine's 20 ms so the round trip still costs about 0.5%, and never go under 20 ms of
-# work once the cost is known.
-CLUSTER_TARGET_CHUNK_SECONDS = 0.2
-CLUSTER_MIN_CHUNK_SECONDS = 0.02
+# per-task overhead; Ray's is similar), ten times the local pipe's. Chunks aim at 50 ms of work
+# (the round trip costs about 2%) and never go under 10 ms once the cost is known. Not longer:
+# the cost is learned from chunks already done, so on a skewed input (W3b: the 200 ms items
+# last) a longer aim packs several heavy items into one chunk and one worker ends alone; at
+# 50 ms the chunks shrink to one heavy item each in time (measured: 200 ms chunks ran W3b at
+# 1.0x serial on Ray, slower than ray's Pool.map).
+CLUSTER_TARGET_CHUNK_SECONDS = 0.05
+CLUSTER_MIN_CHUNK_SECONDS = 0.01
 # Chunks in flight per cluster slot: one running and one queued behind it, so no slot waits a
 # round trip between two chunks; more would only make the tail less balanced.
 IN_FLIGHT_PER_SLOT = 2
