@@ -14,12 +14,13 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
+from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from typing import Any
 
 from allcores import backends as _backends
 from allcores import errors as _errors
 from allcores._engine.client import Engine, LocalEngine
-from allcores._engine.jobs import IterSink, Sink
+from allcores._engine.jobs import IterSink, Raised, Sink
 from allcores._engine.messages import CALL_ARGS, CALL_STAR
 from allcores._engine.options import TaskOptions
 
@@ -42,7 +43,28 @@ class _FutureSink(Sink):
             if isinstance(error, CancelledError):
                 self.future.cancel()
             else:
-                self.future.set_exception(error)
+                self.future.set_exception(_as_executor_error(error))
+
+
+def _as_executor_error(error: BaseException) -> BaseException:
+    """The error as ProcessPoolExecutor raises it.
+
+    A result that fails to pickle raises the pickling error's own type there (``Pool`` raises
+    ``MaybeEncodingError``): our ``ResultPicklingError`` is already a ``TypeError`` and a
+    ``PicklingError``; any other type (an ``AttributeError`` for a local object, whatever a
+    ``__reduce__`` raised) is raised as itself, with our message as a note.
+    """
+    original = getattr(error, "original", None)
+    if (
+        isinstance(error, _errors.ResultPicklingError)
+        and original is not None
+        and not isinstance(error, type(original))
+    ):
+        _errors.add_note(original, f"allcores: {error}")
+        for note in getattr(error, "__notes__", ()):
+            _errors.add_note(original, note)
+        return original
+    return error
 
 
 class Executor(_StdExecutor):
@@ -153,6 +175,8 @@ class Executor(_StdExecutor):
                 mode=CALL_STAR,
                 options=options,
                 max_outstanding=buffersize,
+                # a failure is raised after the results before it, as ProcessPoolExecutor does
+                errors_in_place=True,
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         return _results(sink, deadline, lambda: engine.cancel(job, CancelledError()))
@@ -184,9 +208,19 @@ def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None])
     try:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            batch = sink.next_batch(remaining)
+            try:
+                batch = sink.next_batch(remaining)
+            except TimeoutError:
+                # concurrent.futures.TimeoutError: the builtin one from Python 3.11 on, its own
+                # class on 3.10, where `except futures.TimeoutError` must catch it.
+                raise _FuturesTimeoutError from None
+            except BaseException as exc:
+                raise _as_executor_error(exc) from exc.__cause__
             if batch is None:
                 return
-            yield from batch
+            for value in batch:
+                if type(value) is Raised:
+                    raise _as_executor_error(value.error)
+                yield value
     finally:
         cancel()

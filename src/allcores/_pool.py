@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from allcores import backends as _backends
 from allcores._engine.client import Engine, LocalEngine
-from allcores._engine.jobs import IterSink, ListSink, MapResults
+from allcores._engine.jobs import IterSink, ListSink, MapResults, Raised
 from allcores._engine.messages import CALL_ARGS, CALL_ONE, CALL_STAR
 from allcores._engine.options import TaskOptions
+from allcores.errors import PoolClosedError
 
 if TYPE_CHECKING:
     from allcores._stats import RunStats
@@ -51,14 +52,21 @@ class AsyncResult:
 
 
 class IMapIterator:
-    """What ``imap`` / ``imap_unordered`` return; ``next(timeout)`` as in multiprocessing."""
+    """What ``imap`` / ``imap_unordered`` return; ``next(timeout)`` as in multiprocessing.
 
-    def __init__(self, sink: IterSink, on_close: Callable[[], None] | None = None) -> None:
+    A failed item's exception is raised when the iteration reaches it. As in the standard pool,
+    the iteration then goes on with the next items when each item is its own task (chunksize
+    None or 1), and ends there with a bigger explicit chunksize (``go_on_after_error``).
+    """
+
+    def __init__(self, sink: IterSink, on_close: Callable[[], None] | None = None,
+                 go_on_after_error: bool = True) -> None:
         self._sink = sink
         self._batch: list = []
         self._pos = 0
         self._on_close = on_close
         self._done = False
+        self._go_on = go_on_after_error
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -77,6 +85,10 @@ class IMapIterator:
             self._batch, self._pos = batch, 0
         value = self._batch[self._pos]
         self._pos += 1
+        if type(value) is Raised:
+            if not self._go_on:
+                self.close()
+            raise value.error
         return value
 
     __next__ = next
@@ -199,12 +211,17 @@ class Pool:
         self._engine.start(fn, iterable, sink, mode=mode, options=options)
         return AsyncResult(sink)
 
-    def _iter(self, fn, iterable, mode, ordered, options) -> IMapIterator:
+    def _iter(self, fn, iterable, mode, ordered, options,
+              go_on_after_error: bool = False) -> IMapIterator:
         engine = self._engine
         sink = IterSink()
         sink.on_consume = engine.consumed
-        job = engine.start(fn, iterable, sink, mode=mode, ordered=ordered, options=options)
-        return IMapIterator(sink, lambda: engine.cancel(job, CancelledError()))
+        # A failed item is raised at its position, after the items before it, as
+        # multiprocessing.Pool.imap does (see IMapIterator for what comes after it).
+        job = engine.start(fn, iterable, sink, mode=mode, ordered=ordered, options=options,
+                           errors_in_place=True)
+        return IMapIterator(sink, lambda: engine.cancel(job, CancelledError()),
+                            go_on_after_error=go_on_after_error)
 
     # -- multiprocessing.Pool API -------------------------------------------------------------
 
@@ -270,7 +287,8 @@ class Pool:
         """
         options = self._options(timeout, retries, retry_on, on_error, progress, chunksize,
                                 max_held_bytes)
-        return self._iter(func, iterable, CALL_ONE, True, options)
+        return self._iter(func, iterable, CALL_ONE, True, options,
+                          _go_on_after_error(on_error, chunksize))
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                        chunksize: int | None = None, *, timeout: float | None = None,
@@ -278,7 +296,8 @@ class Pool:
                        on_error: str | None = None, progress: Any = False) -> IMapIterator:
         """Results in the order they finish."""
         options = self._options(timeout, retries, retry_on, on_error, progress, chunksize)
-        return self._iter(func, iterable, CALL_ONE, False, options)
+        return self._iter(func, iterable, CALL_ONE, False, options,
+                          _go_on_after_error(on_error, chunksize))
 
     def close(self) -> None:
         """Accept no more work; the workers exit once the submitted work is done."""
@@ -297,6 +316,11 @@ class Pool:
             self._write_report()
 
     def __enter__(self) -> Pool:
+        if not self._engine.accepting:  # the standard pool raises the same, since Python 3.8
+            raise PoolClosedError(
+                "Pool not running: `with pool:` needs a pool that was not closed or "
+                "terminated; create a new one"
+            )
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -334,6 +358,13 @@ class Pool:
             from allcores._report import report
 
             report(self.statistics(), path)
+
+
+def _go_on_after_error(on_error: str | None, chunksize: Any) -> bool:
+    """Whether imap goes on after raising a failed item's exception: as multiprocessing.Pool
+    does when each item is its own task (chunksize 1, its default), unless ``on_error=`` asks
+    for a policy of ours."""
+    return on_error is None and chunksize in (None, 1, "auto")
 
 
 def _as_sequence(iterable: Iterable[Any]) -> Iterable[Any]:

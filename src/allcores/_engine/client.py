@@ -25,6 +25,7 @@ from allcores._engine.jobs import Call, Job, Sink
 from allcores._engine.manager import Manager
 from allcores._engine.messages import CALL_ONE
 from allcores._engine.options import TaskOptions
+from allcores._engine.processes import Initializer
 
 # Functions whose pickled form a pool keeps, so apply_async in a loop pickles its function once.
 FUNCTION_CACHE_SIZE = 128
@@ -143,12 +144,17 @@ class Engine(abc.ABC):
         options: TaskOptions | None = None,
         on_dispatch: Callable[[], bool] | None = None,
         max_outstanding: int | None = None,
+        errors_in_place: bool = False,
     ) -> object:
         """Run ``fn`` over ``iterable``; results flow into ``sink``.
 
         ``on_dispatch`` is called just before the first item is sent; False means the call
         was cancelled meanwhile (a Future), and nothing runs. ``max_outstanding`` bounds the
         chunks in flight or waiting for the caller (``Executor.map(buffersize=)``).
+        ``errors_in_place`` (with ``on_error="raise"``): a failed item is delivered in its
+        place as a ``jobs.Raised(error)`` instead of failing the call, so an iterator raises it
+        after the results before it, as the standard pools' iterators do. An exception of the
+        caller's input iterator is ``sink.fail``-ed after every item read before it.
         """
 
     @abc.abstractmethod
@@ -225,16 +231,15 @@ class LocalEngine(Engine):
             raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
         self.context = resolve_context(context)
         self.options = options or TaskOptions()
-        init_blob = None
-        if initializer is not None:
-            init_blob = self._pickle_function((initializer, tuple(initargs)), "the initializer")
+        # The initializer and its arguments go with each worker's start (see Initializer).
+        init = None if initializer is None else Initializer(initializer, tuple(initargs))
         self._functions: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
         self._function_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self._manager = Manager(
             self.workers,
             self.context,
-            init_blob,
+            init,
             max_tasks_per_child,
             max_memory,
             resolve_memory_reserve(memory_reserve),
@@ -254,12 +259,12 @@ class LocalEngine(Engine):
         try:
             return serialization.dumps_function(fn)
         except Exception as exc:
-            error = _errors.ArgumentPicklingError(
+            hint = (
                 serialization.pickling_hint(what, fn, exc)
                 + " Functions may be lambdas or closures, but everything they reference must "
                 "pickle too."
             )
-            raise error from exc
+            raise _errors.keeping_type(exc, hint)  # caused by exc when it is a new error
 
     def _register(self, fn: Callable[..., Any]) -> tuple[int, bytes, bool]:
         """The id and pickled form of ``fn``, pickled once per pool for plain functions, and
@@ -295,6 +300,7 @@ class LocalEngine(Engine):
         options: TaskOptions | None = None,
         on_dispatch: Callable[[], bool] | None = None,
         max_outstanding: int | None = None,
+        errors_in_place: bool = False,
     ) -> Job | Call:
         options = options or self.options
         fn_id, blob, cached = self._register(fn)
@@ -323,6 +329,7 @@ class LocalEngine(Engine):
             max_outstanding=max_outstanding,
             fn_cached=cached,
             function=function_name(fn),
+            errors_in_place=errors_in_place,
         )
         self._manager.submit(job)
         return job

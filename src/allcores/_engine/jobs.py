@@ -235,6 +235,7 @@ class IterSink(Sink):
     def fail(self, error: BaseException) -> None:
         with self._cond:
             self._batches.append(error)
+            self._batches.append(_END)  # after the error, the iterator ends (as in the stdlib)
             self._cond.notify()
 
     def unconsumed(self) -> int:
@@ -256,6 +257,17 @@ class IterSink(Sink):
         if isinstance(batch, BaseException):
             raise batch
         return batch
+
+
+class Raised:
+    """An item's exception delivered in its place, for the caller to raise when it gets there
+    (``Pool.imap`` with chunksize 1: the standard pool raises each failed item's exception at
+    its position and the iteration goes on)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Job:
@@ -283,6 +295,7 @@ class Job:
         on_dispatch: Callable[[], bool] | None = None,
         fn_cached: bool = False,
         function: str = "",
+        errors_in_place: bool = False,
     ) -> None:
         options = options or TaskOptions()  # validated when it was made
         self.id = next(Job._ids)
@@ -299,6 +312,13 @@ class Job:
         self.record = CallRecord(self.id, function, workers)  # the call's run statistics
         sink.record = self.record
         self.recorder: Recorder | None = None  # the pool's, set by the manager on submit
+        # With on_error="raise", deliver each failure as a Raised in its place instead of
+        # failing the whole job (Pool.imap with chunksize 1, as the standard pool behaves).
+        self.errors_in_place = errors_in_place and self.on_error == "raise"
+        self.chunksize = options.chunksize
+        # The exception the caller's input iterator raised: delivered after the items read
+        # before it, then the job ends (multiprocessing.Pool.imap does the same).
+        self.input_error: BaseException | None = None
         # A timed item must start as soon as it is sent, so the clock is right: one item a chunk.
         self.sizer = ChunkSizer(workers, 1 if self.item_timeout is not None else options.chunksize)
         self.reorder = Reorderer(ordered)
@@ -410,12 +430,18 @@ class Job:
             items = list(self._seq[start : start + size])
         else:
             assert self._iter is not None
+            read: list = []
             try:
-                items = list(itertools.islice(self._iter, size))
-            except BaseException as exc:  # the caller's generator raised: the map fails with it
+                read.extend(itertools.islice(self._iter, size))
+            except BaseException as exc:
+                # The caller's iterator raised: the items read before it still run, then the
+                # caller gets the exception. With an explicit chunksize the standard pool loses
+                # the partial chunk (it reads a chunk as a whole); so do we, to stay a drop-in.
                 self.exhausted = True
-                self.fail(exc)
-                return None
+                self.input_error = exc
+                if self.chunksize is not None:
+                    read = []
+            items = read
         self.next_index += len(items)
         if len(items) < size or (self.total is not None and self.next_index >= self.total):
             self.exhausted = True
@@ -516,6 +542,9 @@ class Job:
                 self.retrying.add(self)
             return
         if self.on_error == "raise":
+            if self.errors_in_place:
+                self._deliver(index, 1, [Raised(error)])
+                return
             self.fail(error)
             return
         self.failures.append(Failure(index, serialization.item_repr(item), error))
@@ -550,6 +579,11 @@ class Job:
 
     # -- the end ---------------------------------------------------------------------------
 
+    @property
+    def stops_at_first_error(self) -> bool:
+        """Whether a worker may stop a chunk at its first error (no later item is wanted)."""
+        return self.on_error == "raise" and self.policy.retries == 0 and not self.errors_in_place
+
     def is_complete(self) -> bool:
         return (
             self.exhausted and not self.pending and not self.delayed and self.in_flight == 0
@@ -560,6 +594,9 @@ class Job:
         if self.finished:
             return True
         if self.is_complete():
+            if self.input_error is not None:
+                self.fail(self.input_error)  # every item read before it is delivered by now
+                return True
             self.finished = True
             self.record.ended = time.monotonic()
             broken_bar = self._close_progress()
@@ -659,7 +696,7 @@ def attach_traceback(
 ) -> BaseException:
     """Give a task's exception the worker's traceback as __cause__ and a note naming the item."""
     if tb and error.__cause__ is None:
-        error.__cause__ = _errors.RemoteTraceback(tb)
+        error.__cause__ = _errors.remote_traceback(tb)
     note = f"allcores: raised by item {index} = {serialization.item_repr(item)} in {worker_label}"
     add_note(error, note)
     return error

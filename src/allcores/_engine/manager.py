@@ -144,7 +144,7 @@ class Manager:
         self,
         workers: int,
         context: Any,
-        init_blob: bytes | None = None,
+        init: processes.Initializer | None = None,
         max_tasks_per_child: int | None = None,
         max_memory: int | None = None,
         memory_reserve: int | None = None,
@@ -160,7 +160,7 @@ class Manager:
         self._function_costs: dict[int, float] = {}
         self._release_segments_at: float | None = None  # when an idle pool frees them
         self.context = context
-        self.init_blob = init_blob
+        self.init = init
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory = max_memory
         self._state = _RUNNING
@@ -187,8 +187,21 @@ class Manager:
         shm.sweep_stale()  # segments of runs that were SIGKILLed before they could clean up
         # Fork the first workers here, in the caller's thread, before the manager thread exists:
         # a fork from a single-threaded process is the safe kind.
-        for slot in range(workers):
-            self._start_worker(slot)
+        try:
+            for slot in range(workers):
+                self._start_worker(slot)
+        except BaseException as exc:
+            # A worker that cannot start (an initializer argument that does not pickle under
+            # spawn) fails the constructor, as in the standard pools, and leaves nothing behind.
+            handles = list(self._handles.values())
+            self._handles.clear()
+            for handle in handles:
+                processes.kill(handle)
+                processes.close_handle(handle)
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise _errors.start_error(exc) from None
         self._thread = threading.Thread(target=self._run, name="allcores-manager", daemon=True)
         self._thread.start()
         _live_managers.add(self)
@@ -630,7 +643,7 @@ class Manager:
             chunk.payload,
             job.mode,
             # Fail-fast without retries: the first error ends the job, so stop the chunk there.
-            job.on_error == "raise" and job.policy.retries == 0,
+            job.stops_at_first_error,
             forget,
         )
         self._write(handle, serialization.dumps(message))
@@ -680,8 +693,8 @@ class Manager:
                 payload = serialization.dumps([item])
             except BaseException as exc:
                 hint = serialization.pickling_hint("the argument", item, exc)
-                error = _errors.ArgumentPicklingError(hint)
-                error.__cause__ = exc
+                # An instance of the type pickling raised, as the standard pools raise it.
+                error = _errors.keeping_type(exc, hint)
                 job.item_failed(chunk.start + offset, item, error, job.policy.retries + 1, now,
                                 infrastructure=False)
                 if job.finished:
@@ -865,7 +878,7 @@ class Manager:
     def _initializer_failed(self, handle: WorkerHandle, message: InitFailed) -> None:
         error = message.error
         if message.traceback and error.__cause__ is None:
-            error.__cause__ = _errors.RemoteTraceback(message.traceback)
+            error.__cause__ = _errors.remote_traceback(message.traceback)
         add_note(error, f"allcores: the pool's initializer failed in {handle.label}")
         self._broken = error
         self._fail_all(error)
@@ -904,7 +917,14 @@ class Manager:
                     worker_id=handle.slot, pid=handle.pid, exitcode=exitcode,
                 ))
                 return
-            self._start_worker(handle.slot)
+            try:
+                self._start_worker(handle.slot)
+            except Exception as exc:
+                # The first workers started, so this is rare (a manager proxy in initargs whose
+                # manager has gone away, no more processes): the pool cannot go on.
+                error = _errors.start_error(exc)
+                self._broken = error
+                self._fail_all(error)
 
     def _blame(self, handle: WorkerHandle, exitcode: int | None, now: float) -> None:
         count, _ = handle.messages.popleft()
@@ -1026,7 +1046,7 @@ class Manager:
             inherited.append(selector_fd)
         except (AttributeError, NotImplementedError):
             pass
-        handle = processes.start_worker(self.context, slot, self.init_blob, inherited)
+        handle = processes.start_worker(self.context, slot, self.init, inherited)
         self._handles[slot] = handle
         if self.recorder is not None:
             self.recorder.incident("start", slot, None, f"{handle.label} started",

@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from allcores._engine.serialization import ByValue
 from allcores._engine.worker_main import worker_main
 
 # Linux lets an unprivileged process grow a pipe to 1 MiB (/proc/sys/fs/pipe-max-size): big
@@ -47,6 +48,22 @@ def _grow_pipe(conn: Any) -> None:
         fcntl.fcntl(conn.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
     except OSError:
         pass  # a lower pipe-max-size: the default size still works, just slower
+
+
+@dataclass(frozen=True)
+class Initializer:
+    """``fn(*args)``, run once in each worker before any task.
+
+    It travels as the arguments of the worker's ``Process``, never through a later pickle, as in
+    the standard pools: under fork the child inherits it; under spawn and forkserver
+    multiprocessing pickles it while starting the process, which is the one moment when its
+    Lock, Event, Value, Array, Queue, Semaphore and manager proxies may be pickled ("shared
+    through inheritance"). Every worker the pool ever starts, replacements included, gets it the
+    same way. The function itself goes by value (cloudpickle), so a lambda works under spawn.
+    """
+
+    fn: Any
+    args: tuple
 
 
 @dataclass(eq=False)
@@ -95,10 +112,13 @@ class WorkerHandle:
 def start_worker(
     context: Any,
     slot: int,
-    init_blob: bytes | None,
+    init: Initializer | None,
     inherited_fds: list[int],
 ) -> WorkerHandle:
     """Start one worker process with its two pipes.
+
+    A failure to start (an initializer argument that cannot be pickled under spawn, no more
+    processes allowed) raises here, with nothing left open.
 
     ``inherited_fds`` are the manager's own descriptors that a forked child must close; without
     that, a sibling holding the write end of another worker's task pipe would keep that worker
@@ -110,9 +130,11 @@ def start_worker(
     _grow_pipe(result_w)
     forked = context.get_start_method() == "fork"
     close_fds = [*inherited_fds, task_w.fileno(), result_r.fileno()] if forked else []
+    init_fn = None if init is None else ByValue(init.fn)
+    init_args = () if init is None else init.args
     process = context.Process(
         target=worker_main,
-        args=(slot, task_r, result_w, close_fds, init_blob),
+        args=(slot, task_r, result_w, close_fds, init_fn, init_args),
         name=f"allcores-worker-{slot}",
         daemon=False,  # non-daemonic, so a task may start processes of its own (nested pools)
     )
@@ -126,6 +148,10 @@ def start_worker(
                 category=DeprecationWarning,
             )
             process.start()
+    except BaseException:
+        task_w.close()
+        result_r.close()
+        raise
     finally:
         task_r.close()
         result_w.close()

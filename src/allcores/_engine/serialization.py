@@ -11,7 +11,7 @@ import pickle
 import reprlib
 from typing import Any
 
-__all__ = ["dumps", "dumps_function", "item_repr", "loads", "loads_function"]
+__all__ = ["ByValue", "dumps", "dumps_function", "item_repr", "loads", "loads_function"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -48,6 +48,26 @@ def dumps_function(fn: Any) -> bytes:
 
 def loads_function(blob: bytes) -> Any:
     return pickle.loads(blob)
+
+
+class ByValue:
+    """Wraps a function so that pickling it pickles the function by value (cloudpickle), while
+    the objects beside it (a Process's other arguments) go through the ordinary pickler; it
+    unpickles as the bare function. A forked child inherits the wrapper unpickled: use
+    :func:`unwrap`."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (loads_function, (dumps_function(self.fn),))
+
+
+def unwrap(fn: Any) -> Any:
+    """The function inside a :class:`ByValue` (or ``fn`` itself)."""
+    return fn.fn if isinstance(fn, ByValue) else fn
 
 
 def pickling_hint(what: str, obj: object, exc: BaseException) -> str:

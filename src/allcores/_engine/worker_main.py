@@ -112,7 +112,12 @@ def _encode_done(done: ChunkDone) -> bytes:
         except Exception as exc:
             values[offset] = None
             hint = serialization.pickling_hint("the result", value, exc)
-            err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
+            err = _errors.ResultPicklingError(
+                hint + " Return plain data from the task instead.",
+                exc=repr(exc),
+                value=serialization.item_repr(value),
+                original=_portable_error(exc),
+            )
             errors.append(TaskError(offset, err, ""))
     errors.sort(key=lambda e: e.offset)
     fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss,
@@ -224,7 +229,8 @@ def worker_main(
     task_conn,
     result_conn,
     close_fds: list[int],
-    init_blob: bytes | None,
+    initializer: Any = None,
+    initargs: tuple = (),
 ) -> None:
     """Entry point of a worker process (the target of its ``Process``)."""
     # Ctrl-C goes to the whole process group; the parent decides what stops, not each worker.
@@ -236,10 +242,10 @@ def worker_main(
             pass
     _worker._enter(worker_id, os.getpid())
 
-    if init_blob is not None:
+    if initializer is not None:
         try:
-            initializer, initargs = serialization.loads_function(init_blob)
-            initializer(*initargs)
+            # Under fork the wrapper arrives as it was; under spawn/forkserver, as the function.
+            serialization.unwrap(initializer)(*initargs)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             result_conn.send_bytes(serialization.dumps(InitFailed(_portable_error(exc), tb)))

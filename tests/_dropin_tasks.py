@@ -1,0 +1,69 @@
+"""Task functions of the drop-in tests, importable by name under every start method."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+# What the initializer received, kept per worker process (the standard idiom: a global).
+shared: tuple = ()
+
+
+def keep(*objects):
+    """An initializer that keeps its arguments for the tasks."""
+    global shared
+    shared = objects
+
+
+def use_sync_objects(tag):
+    """Use every object the initializer got: the parent sees each effect."""
+    lock, rlock, semaphore, event, value, array, queue, proxy = shared
+    with lock, rlock, semaphore:
+        value.value += 1
+        array[0] += 1
+    proxy.append(tag)
+    queue.put((tag, os.getpid()))
+    event.set()
+    return os.getpid()
+
+
+def use_event(tag):
+    (event,) = shared
+    event.set()
+    return os.getpid()
+
+
+class ReduceRaises:
+    """An object whose pickling raises something other than a pickling error."""
+
+    def __reduce__(self):
+        raise RuntimeError("this object refuses to be pickled")
+
+
+def identity(x):
+    return x
+
+
+def make_unpicklable(kind):
+    """A result that cannot be pickled: a lock (TypeError) or a ReduceRaises (RuntimeError)."""
+    return threading.Lock() if kind == "lock" else ReduceRaises()
+
+
+def fail_deep(x):
+    return _fail_inner(x)
+
+
+def _fail_inner(x):
+    raise ValueError(f"failed on {x}")
+
+
+def items_then_raise(count):
+    """A generator that yields ``count`` items, then raises."""
+    yield from range(count)
+    raise KeyError("the input ran out badly")
+
+
+def fail_on(x, bad=2):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
