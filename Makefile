@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test test-python lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,42 @@ browser:
 			"(install them with: apt-get install -y chromium chromium-driver)"; \
 	fi
 
+# The suite runs on every Python that pyproject.toml claims: first on .venv's, then on each
+# other one the machine has (pythonX.Y on PATH, or a pyenv build), each in its own .venv-X.Y
+# made from pyproject.toml. A version the machine lacks is reported in one line and skipped,
+# so a machine with only one Python still runs `make test`.
+SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+
 test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+	@done=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	for v in $(SUPPORTED_PYTHONS); do \
+	  [ "$$v" = "$$done" ] || $(MAKE) --no-print-directory test-python V=$$v || exit 1; \
+	done
+
+# The suite on one Python: `make test-python V=3.12`.
+test-python:
+	@test -n "$(V)" || { echo "usage: make test-python V=3.12"; exit 2; }
+	@py=""; \
+	for p in python$(V) $$(ls -d $(PYENV_ROOT)/versions/$(V).*/bin/python$(V) 2>/dev/null | sort -rV); do \
+	  if "$$p" -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != "$(V)")' 2>/dev/null; \
+	  then py=$$p; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+	  echo "make test: no Python $(V) on this machine (pyproject.toml claims it): skipped"; \
+	  exit 0; \
+	fi; \
+	if [ ! -f .venv-$(V)/.installed ] || [ pyproject.toml -nt .venv-$(V)/.installed ]; then \
+	  "$$py" -m venv .venv-$(V) && \
+	  .venv-$(V)/bin/python -m pip install --quiet --upgrade pip && \
+	  .venv-$(V)/bin/python -m pip install --quiet -e '.[test]' && \
+	  touch .venv-$(V)/.installed || exit 1; \
+	fi; \
+	echo "== the suite on Python $(V) ($$py)"; \
+	.venv-$(V)/bin/python -m pytest -q
 
 # Every benchmark script in turn (about 20 minutes on 2 cores); numbers also land in bench-out/.
 bench: $(STAMP)
@@ -54,4 +86,4 @@ bench: $(STAMP)
 	-$(PY) benchmarks/cluster.py --json bench-out/cluster.json
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* build dist src/*.egg-info .pytest_cache .ruff_cache

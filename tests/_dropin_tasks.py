@@ -23,6 +23,11 @@ def use_sync_objects(tag):
         array[0] += 1
     proxy.append(tag)
     queue.put((tag, os.getpid()))
+    # Wait until the item is in the pipe: this worker is killed next (a crash, a timeout), and a
+    # process killed while its queue's feeder thread holds the write lock would leave the queue
+    # locked for every later writer (the warning in multiprocessing's "Pipes and Queues").
+    queue.close()
+    queue.join_thread()
     event.set()
     return os.getpid()
 
@@ -67,3 +72,10 @@ def fail_on(x, bad=2):
     if x == bad:
         raise ValueError(f"bad item {x}")
     return x
+
+
+def sleep_and_print(seconds, text):
+    import time
+
+    time.sleep(seconds)
+    print(text, flush=True)

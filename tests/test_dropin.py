@@ -13,6 +13,8 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures.process import _RemoteTraceback
 
@@ -354,3 +356,49 @@ def test_with_on_a_pool_that_is_not_running_raises_value_error(method, generatio
     finally:
         pool.terminate()
         pool.join()
+
+
+# -- the Executor at interpreter exit (CPython's test_interpreter_shutdown and
+# test_submit_after_interpreter_shutdown, whose child interpreters name their executor class) --
+
+_AT_EXIT = """if 1:
+    import allcores
+    from _dropin_tasks import sleep_and_print
+    if __name__ == "__main__":
+        ex = allcores.Executor(2, mp_context={method!r})
+        ex.submit(sleep_and_print, 0.5, "apple")
+        {extra}
+"""
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("extra", ["", "ex.shutdown(wait=False)"])
+def test_submitted_work_finishes_at_interpreter_exit(method, extra):
+    out = _run_child(_AT_EXIT.format(method=method, extra=extra))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.strip() == "apple"
+
+
+def test_submit_from_an_atexit_handler_raises_runtime_error():
+    code = """if 1:
+        import atexit, allcores
+        @atexit.register
+        def run_last():
+            try:
+                ex.submit(id, None)
+            except RuntimeError:
+                print("runtime-error")
+        if __name__ == "__main__":
+            ex = allcores.Executor(1)
+            ex.submit(id, None).result()
+    """
+    out = _run_child(code)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.strip() == "runtime-error"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
+from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
 from typing import Any
 
 from allcores import backends as _backends
@@ -54,6 +55,10 @@ def _as_executor_error(error: BaseException) -> BaseException:
     ``PicklingError``; any other type (an ``AttributeError`` for a local object, whatever a
     ``__reduce__`` raised) is raised as itself, with our message as a note.
     """
+    cause = error.__cause__
+    if isinstance(cause, _errors.RemoteTraceback):
+        # ProcessPoolExecutor's own class exactly (CPython's test_traceback checks the type).
+        error.__cause__ = _FuturesRemoteTraceback(cause.tb)  # type: ignore[arg-type]
     original = getattr(error, "original", None)
     if (
         isinstance(error, _errors.ResultPicklingError)
@@ -100,6 +105,8 @@ class Executor(_StdExecutor):
         backend: Any = None,
         address: str | None = None,
     ) -> None:
+        if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers < 1:
+            raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
         options = TaskOptions(item_timeout=timeout, retries=retries, retry_on=retry_on)
         cluster = _backends.cluster_engine(
             backend, address, max_workers, options,
@@ -123,12 +130,17 @@ class Executor(_StdExecutor):
         self._shutdown = False
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
         self._finalizer = weakref.finalize(self, self._engine.terminate)
+        _live_executors.add(self)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``."""
         with self._shutdown_lock:
             if self._shutdown:
                 raise _errors.PoolClosedError("cannot schedule new futures after shutdown")
+            if _interpreter_exiting:
+                raise _errors.PoolClosedError(
+                    "cannot schedule new futures after interpreter shutdown"
+                )
             future: Future = Future()
             self._engine.start(
                 fn,
@@ -204,6 +216,30 @@ class Executor(_StdExecutor):
             self._engine.join()
 
 
+# As ProcessPoolExecutor: when the main thread's code ends, the work already submitted to an
+# executor still open finishes before the interpreter exits (then its workers stop), and
+# submit() from an atexit handler raises RuntimeError. Run by threading's exit hook, which comes
+# before atexit handlers (the engine's own atexit handler terminates what is left).
+_live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _finish_at_exit() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for executor in list(_live_executors):
+        try:
+            executor.shutdown(wait=True)
+        except Exception:  # one broken executor must not keep the others' work from finishing
+            pass
+
+
+try:
+    threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # imported while the interpreter is already exiting
+    pass
+
+
 def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None]) -> Iterator[Any]:
     try:
         while True:
@@ -218,9 +254,12 @@ def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None])
                 raise _as_executor_error(exc) from exc.__cause__
             if batch is None:
                 return
-            for value in batch:
-                if type(value) is Raised:
-                    raise _as_executor_error(value.error)
-                yield value
+            # Popped, never held in a local: the caller's result may be freed as soon as it
+            # lets go of it (CPython's test_free_reference, issue #14406).
+            batch.reverse()
+            while batch:
+                if type(batch[-1]) is Raised:
+                    raise _as_executor_error(batch.pop().error)
+                yield batch.pop()
     finally:
         cancel()

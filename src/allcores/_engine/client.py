@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -271,7 +272,12 @@ class LocalEngine(Engine):
         whether it is cached (then later calls reuse the id, and workers keep the function)."""
         if not callable(fn):
             raise TypeError(f"the task function must be callable, got {fn!r}")
-        cacheable = hasattr(fn, "__code__") or type(fn).__name__ == "builtin_function_or_method"
+        # Plain functions only: a bound method would keep its object alive in the cache (the
+        # standard executor holds no reference to a submitted callable once it ran).
+        cacheable = isinstance(fn, types.FunctionType) or (
+            isinstance(fn, types.BuiltinFunctionType)
+            and isinstance(fn.__self__, (types.ModuleType, type(None)))
+        )
         if cacheable:
             with self._lock:
                 found = self._functions.get(fn)

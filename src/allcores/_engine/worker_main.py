@@ -101,7 +101,7 @@ def _run(fn: Any, items: list, mode: int, stop_on_error: bool):
 def _encode_done(done: ChunkDone) -> bytes:
     try:
         return shm.pack(done)[0]  # big results (arrays) go through shared memory
-    except Exception:
+    except BaseException:  # a __reduce__ may even raise SystemExit: that result fails alone
         pass
     # Some value cannot be pickled: find which, and fail only those items.
     values = list(done.values)
@@ -109,7 +109,7 @@ def _encode_done(done: ChunkDone) -> bytes:
     for offset, value in enumerate(values):
         try:
             serialization.dumps(value)
-        except Exception as exc:
+        except BaseException as exc:
             values[offset] = None
             hint = serialization.pickling_hint("the result", value, exc)
             err = _errors.ResultPicklingError(
