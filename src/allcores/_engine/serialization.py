@@ -40,7 +40,19 @@ def loads(data: bytes) -> Any:
 
 
 def dumps_function(fn: Any) -> bytes:
-    """Pickle a task's function, by value when it cannot be imported by name."""
+    """Pickle a task's function, by value when it cannot be imported by name.
+
+    A function of an importable module goes by reference with the standard pickle first, as the
+    standard pools send it: cloudpickle would send some of those by value (a classmethod, whose
+    attribute is not the function itself), and a function rebuilt from its code object loses
+    its source lines in the worker's traceback. Lambdas, closures and ``__main__`` functions
+    (which a spawned worker may not be able to import) go by value with cloudpickle.
+    """
+    if getattr(fn, "__module__", None) not in (None, "__main__", "__mp_main__"):
+        try:
+            return pickle.dumps(fn, PROTOCOL)
+        except Exception:
+            pass  # a lambda, a local function: by value below
     import cloudpickle  # imported on first use: `import allcores` stays light
 
     return cloudpickle.dumps(fn, PROTOCOL)
