@@ -79,3 +79,27 @@ def sleep_and_print(seconds, text):
 
     time.sleep(seconds)
     print(text, flush=True)
+
+
+def double(x):
+    return 2 * x
+
+
+def add(a, b):
+    return a + b
+
+
+def kw(a, b=0, *, c=0):
+    return (a, b, c)
+
+
+class HoldsALock(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(x):
+    raise HoldsALock()

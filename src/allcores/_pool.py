@@ -315,6 +315,12 @@ class Pool:
         if self._engine.join(timeout):
             self._write_report()
 
+    def __reduce__(self) -> Any:
+        # The standard pool's words: a pool lives in the process that made it.
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
     def __enter__(self) -> Pool:
         if not self._engine.accepting:  # the standard pool raises the same, since Python 3.8
             raise PoolClosedError(

@@ -57,10 +57,28 @@ def _portable_error(exc: BaseException) -> BaseException:
     fine but fails to unpickle in the parent (CPython bpo-1692335), which would lose the whole
     chunk's results; catching that here keeps the failure to the one item.
     """
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
-        pickle.loads(pickle.dumps(exc, serialization.PROTOCOL))
+        data = pickle.dumps(exc, serialization.PROTOCOL)
+    except BaseException as pickling_error:
+        # As multiprocessing.Pool: an exception that cannot be sent is a MaybeEncodingError
+        # (ProcessPoolExecutor raises the pickling error itself: Executor takes ``original``).
+        try:
+            pickle.loads(pickle.dumps(pickling_error, serialization.PROTOCOL))
+            original: BaseException | None = pickling_error
+        except BaseException:
+            original = None
+        return _errors.ResultPicklingError(
+            f"{name}: {exc} (the exception could not be pickled to reach the caller: "
+            f"{pickling_error!r})",
+            exc=repr(pickling_error),
+            value=serialization.item_repr(exc),
+            original=original,
+        )
+    try:
+        pickle.loads(data)
         return exc
-    except Exception:
+    except BaseException:
         return _errors.AllcoresError(
             f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
             "(the original exception could not be pickled to reach the caller)"
