@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-python lint bench clean browser
+.PHONY: demo test test-all test-python lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,10 @@ browser:
 			"(install them with: apt-get install -y chromium chromium-driver)"; \
 	fi
 
-# The suite runs on every Python that pyproject.toml claims: first on .venv's, then on each
-# other one the machine has (pythonX.Y on PATH, or a pyenv build), each in its own .venv-X.Y
-# made from pyproject.toml. A version the machine lacks is reported in one line and skipped,
-# so a machine with only one Python still runs `make test`.
+# `make test` runs the suite on .venv's Python. `make test-all` then runs it on every other
+# Python that pyproject.toml claims and the machine has (pythonX.Y on PATH, or a pyenv build),
+# each in its own .venv-X.Y made from pyproject.toml; a version the machine lacks is reported in
+# one line and skipped, so a machine with only one Python still runs it.
 SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
 PYENV_ROOT ?= $(HOME)/.pyenv
 
@@ -42,6 +42,8 @@ test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+
+test-all: test
 	@done=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	for v in $(SUPPORTED_PYTHONS); do \
 	  [ "$$v" = "$$done" ] || $(MAKE) --no-print-directory test-python V=$$v || exit 1; \

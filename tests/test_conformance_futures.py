@@ -45,7 +45,7 @@ EAGER = (
     "expects some of 50 futures to escape shutdown(cancel_futures=True) issued right after "
     "submit(): ProcessPoolExecutor marks max_workers + 1 running as soon as it queues them, "
     "allcores when a worker receives them, and spawn workers may still be starting: all may "
-    "then be cancelled, as cancel_futures allows (passes under fork)"
+    "then be cancelled, as cancel_futures allows (fork too, on a loaded machine)"
 )
 
 # test name (or "Class.test") -> why it does not run against allcores.Executor.
@@ -71,8 +71,7 @@ EXCLUDED: dict[str, str] = {
     "test_submit_after_interpreter_shutdown": CHILD,
     "test_hang_gh83386": CHILD + " (CPython skips it for ProcessPoolExecutor: gh-83386)",
     # A future turns running when a worker receives it, not when it is queued for one.
-    "SpawnProcessPoolShutdownTest.test_cancel_futures": EAGER,
-    "ForkserverProcessPoolShutdownTest.test_cancel_futures": EAGER,
+    "test_cancel_futures": EAGER,
     # Deliberate differences: one bad item never breaks the executor.
     "test_error_at_task_unpickle": ITEM_ALONE.format(
         "an argument that fails to unpickle in the worker (ArgumentPicklingError)"

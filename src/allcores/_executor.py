@@ -240,6 +240,14 @@ except (AttributeError, RuntimeError):  # imported while the interpreter is alre
     pass
 
 
+# What Executor.map raises when its timeout passes: concurrent.futures.TimeoutError, which from
+# Python 3.11 on is the builtin TimeoutError; on 3.10 a class that is both, so `except
+# futures.TimeoutError` (the stdlib's) and `except TimeoutError` (ours until now) both catch it.
+_MapTimeoutError: type[Exception] = _FuturesTimeoutError
+if _FuturesTimeoutError is not TimeoutError:
+    _MapTimeoutError = type("TimeoutError", (_FuturesTimeoutError, TimeoutError), {})
+
+
 def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None]) -> Iterator[Any]:
     try:
         while True:
@@ -249,7 +257,7 @@ def _results(sink: IterSink, deadline: float | None, cancel: Callable[[], None])
             except TimeoutError:
                 # concurrent.futures.TimeoutError: the builtin one from Python 3.11 on, its own
                 # class on 3.10, where `except futures.TimeoutError` must catch it.
-                raise _FuturesTimeoutError from None
+                raise _MapTimeoutError from None
             except BaseException as exc:
                 raise _as_executor_error(exc) from exc.__cause__
             if batch is None:

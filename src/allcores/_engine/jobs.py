@@ -704,9 +704,6 @@ def attach_traceback(
 
 def add_note(error: BaseException, note: str) -> None:
     """``error.add_note(note)`` where it can be done: a task's exception may carry a
-    ``__notes__`` that is not a list (add_note then raises TypeError), and one odd exception must
-    not stop the pool; the note is left out instead."""
-    try:
-        error.add_note(note)  # type: ignore[attr-defined,unused-ignore]  # 3.11+
-    except Exception:
-        pass
+    ``__notes__`` that is not a list, and one odd exception must not stop the pool (the note is
+    left out then); on Python 3.10 the note goes to ``__notes__`` all the same."""
+    _errors.add_note(error, note)
