@@ -203,3 +203,19 @@ def test_the_overhead_benchmark_runs(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["W1"]["on_s"] > 0 and figures["W1"]["off_s"] > 0
     assert 0 < figures["per_chunk_s"] < 1e-3
+
+
+def test_many_one_chunk_calls_keep_the_pool_record_bounded():
+    """apply_async in a loop makes one call per chunk: past MAX_RECORDS the pool-wide list must
+    shrink (it stayed at MAX_RECORDS and was compacted again on every chunk: each call then
+    cost O(MAX_RECORDS), a pool slowing to a crawl after 50,000 calls)."""
+    from allcores._engine.recording import MAX_RECORDS, CallRecord, Recorder
+
+    recorder = Recorder(2)
+    for job in range(MAX_RECORDS + 1):
+        start = job * 1e-4
+        recorder.chunk(CallRecord(job, "f", 2),
+                       Span(job % 2, job, start, start + 5e-5, 1, 5e-5, 0.0, 0.0, 1, 1000), 0.0)
+    assert len(recorder.spans) <= MAX_RECORDS // 2
+    assert sum(s.items for s in recorder.spans) == MAX_RECORDS + 1
+    assert sum(s.chunks for s in recorder.spans) == MAX_RECORDS + 1

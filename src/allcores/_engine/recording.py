@@ -104,7 +104,14 @@ class Recorder:
         call.pack_seconds += pack_seconds
         self.pack_seconds += pack_seconds
         if len(self.spans) > MAX_RECORDS:
-            self.spans = compact(self.spans, MAX_RECORDS // 4)
+            spans = compact(self.spans, MAX_RECORDS // 4)
+            if len(spans) > MAX_RECORDS // 2:
+                # Thousands of one-chunk calls (apply_async in a loop): each call is a lane of
+                # its own, so merging within lanes frees nothing, and compacting again on every
+                # chunk made each call cost O(MAX_RECORDS). The pool-wide list merges across
+                # calls then (each call's own list keeps its spans).
+                spans = compact(spans, MAX_RECORDS // 4, by_call=False)
+            self.spans = spans
         if len(call.spans) > MAX_RECORDS:
             call.spans = compact(call.spans, MAX_RECORDS // 4)
 
@@ -126,24 +133,25 @@ class Recorder:
             self.functions[call.job] = call.function
 
 
-def compact(spans: list[Span], target: int) -> list[Span]:
+def compact(spans: list[Span], target: int, by_call: bool = True) -> list[Span]:
     """Merge ``spans`` into at most about ``target`` buckets per worker and call, keeping sums.
 
     Each worker's time line is cut into equal time buckets; the spans of one worker and one call
     that start in one bucket become one span. Used to bound memory and to keep a report of a
-    200,000-chunk run small enough to open quickly.
+    200,000-chunk run small enough to open quickly. With ``by_call=False`` the spans of one
+    worker merge whatever their call (a merged span names the call of its first span).
     """
     if len(spans) <= target or not spans:
         return list(spans)
     spans = clip_back(spans)
     first = min(s.start for s in spans)
     last = max(s.end for s in spans)
-    lanes = len({(s.worker, s.job) for s in spans})
+    lanes = len({(s.worker, s.job if by_call else 0) for s in spans})
     buckets = max(1, target // max(1, lanes))
     width = max((last - first) / buckets, 1e-9)
     merged: dict[tuple[int, int, int], list] = {}
     for s in spans:
-        key = (s.worker, s.job, int((s.start - first) / width))
+        key = (s.worker, s.job if by_call else 0, int((s.start - first) / width))
         m = merged.get(key)
         if m is None:
             merged[key] = list(s)
