@@ -178,3 +178,9 @@ def keep_and_sum(arr):
 
 def sums_of_kept(_):
     return [float(a.sum()) for a in _kept_arrays]
+
+
+def read_fifo(path: str) -> int:
+    """Block until someone writes to and closes the FIFO at ``path`` (a gate for tests)."""
+    with open(path) as f:
+        return len(f.read())

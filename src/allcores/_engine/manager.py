@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from allcores import errors as _errors
-from allcores._engine import processes, recording, serialization, shm
+from allcores._engine import collector, processes, recording, serialization, shm
 from allcores._engine.jobs import Call, Chunk, Job, add_note, attach_traceback, release
 from allcores._engine.messages import (
     BatchDone,
@@ -182,6 +182,7 @@ class Manager:
         self._chunk_ids = itertools.count()
         self._crashes_in_a_row = 0
         self._broken: BaseException | None = None
+        self._collector_held = False  # see collector.py: many pending calls
         # The run statistics (pool.statistics(), MapResults.stats, reports): see recording.py.
         self.recorder: Recorder | None = Recorder(workers) if recording.ENABLED else None
         shm.sweep_stale()  # segments of runs that were SIGKILLed before they could clean up
@@ -292,6 +293,9 @@ class Manager:
                 self._broken = error  # from now on a call raises it at once
             self._fail_all(error)
         finally:
+            if self._collector_held:
+                self._collector_held = False
+                collector.release()
             self._shutdown_workers()
             if self.recorder is not None:
                 self.recorder.ended = time.monotonic()
@@ -311,6 +315,7 @@ class Manager:
     def _loop(self) -> None:
         while True:
             self._take_commands()
+            self._relieve_collector()
             state = self._state
             if state == _TERMINATING:
                 self._fail_all(_errors.PoolClosedError("the pool was terminated"))
@@ -338,6 +343,17 @@ class Manager:
                     self._flush(handle)
                 else:
                     self._worker_exited(handle)
+
+    def _relieve_collector(self) -> None:
+        """Raise the collector's threshold while many calls are pending, put it back once none
+        is (collector.py says why that pays and why it is safe)."""
+        if self._collector_held:
+            if not self._jobs:
+                self._collector_held = False
+                collector.release()
+        elif len(self._jobs) >= collector.PENDING_CALLS:
+            self._collector_held = True
+            collector.hold()
 
     def _drain_wake(self) -> None:
         try:
