@@ -4,7 +4,7 @@ No process, no clock, no pipe: ``simulate`` plays one map of items with given co
 on ``workers`` simulated workers, with a given one-way pipe latency, and returns when each
 answer came back. Every decision is made by the same pure code the manager calls
 (``allcores._engine.scheduler``): chunk sizes (``ChunkSizer``), whether a worker has room
-(``has_room``), the tail rule (``in_tail``) and how much a queued chunk may carry
+(``has_room``), the tail rule (``ChunkSizer.in_tail``) and how much a queued chunk may carry
 (``prefetch_budget``). What is simulated here is only the loop around them, the same as
 ``Manager._dispatch`` / ``_next_chunk_for``: every round, idlest worker first, one message per
 worker, again while anything was sent; a busy worker is offered nothing in a map's tail and no
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from allcores._engine.scheduler import ChunkSizer, has_room, in_tail, prefetch_budget
+from allcores._engine.scheduler import ChunkSizer, has_room, prefetch_budget
 
 Room = Callable[..., bool]
 
@@ -109,8 +109,7 @@ def simulate(
                 if busy:
                     if queued is None or not sizer.learned:
                         continue  # a probe runs alone: one per worker until the cost is known
-                    if known_length and in_tail(remaining, sizer.next_size(remaining) or 1,
-                                                workers):
+                    if known_length and sizer.in_tail(remaining):
                         continue  # in the tail, only idle workers get chunks
                 budget = prefetch_budget(queued) if busy and queued is not None else None
                 size = sizer.next_size(remaining if known_length else None, budget)

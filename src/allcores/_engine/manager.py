@@ -73,7 +73,6 @@ from allcores._engine.scheduler import (
     blame,
     describe_exit,
     has_room,
-    in_tail,
     prefetch_budget,
     should_recycle,
 )
@@ -502,7 +501,7 @@ class Manager:
         if job.total is None:
             return False
         remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
-        return in_tail(remaining, job.sizer.next_size(remaining) or 1, self.workers)
+        return job.sizer.in_tail(remaining)
 
     def _head(self) -> Job | None:
         """The job at the head of the queue; a waiting one-item Call becomes its Job here."""
