@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from allcores._engine.scheduler import (
     GUIDED_FACTOR,
     MAX_CHUNK_ITEMS,
+    MIN_CHUNK_SECONDS,
     TARGET_CHUNK_SECONDS,
     ChunkSizer,
     Reorderer,
@@ -243,6 +244,41 @@ def test_tail_is_a_few_chunks_per_worker_of_a_known_length():
     assert in_tail(remaining=3, chunk_size=1, workers=2)
     assert not in_tail(remaining=100, chunk_size=1, workers=2)
     assert not in_tail(remaining=None, chunk_size=1, workers=2)
+
+
+def test_a_heavy_tail_runs_in_small_chunks_sent_only_to_idle_workers():
+    """Once one item took longer than the chunk target, the smoothed cost says little about the
+    next item: in the map's tail (the work left per worker under HEAVY_TAIL_PEAKS of the
+    costliest items) a chunk carries at most MIN_CHUNK_SECONDS of smoothed cost and nothing is
+    queued behind a busy worker, so no late chunk holds two heavy items or waits behind one."""
+    sizer = ChunkSizer(workers=2)
+    for _ in range(50):
+        sizer.observe(items=1, seconds=0.0002)
+    before = sizer.next_size(remaining=100)
+    assert before > 1 and not sizer.in_heavy_tail(100)
+    sizer.observe(items=1, seconds=0.2)  # one heavy item
+    for _ in range(10):  # ...then small ones again: the smoothed cost forgets it
+        sizer.observe(items=1, seconds=0.0002)
+    assert sizer.in_heavy_tail(100)
+    assert sizer.in_tail(100)
+    assert sizer.next_size(remaining=100) * sizer.cost <= MIN_CHUNK_SECONDS
+    assert sizer.next_size(remaining=100) < before
+    # Far from the end the chunk target still rules (many heavy items' worth of work is left).
+    assert not sizer.in_heavy_tail(1_000_000)
+    assert sizer.next_size(remaining=1_000_000) * sizer.cost >= TARGET_CHUNK_SECONDS / 2
+    assert not sizer.in_heavy_tail(None)  # unknown length: no tail
+
+
+@settings(max_examples=100, deadline=None)
+@given(costs=st.lists(st.floats(min_value=1e-7, max_value=TARGET_CHUNK_SECONDS), max_size=200))
+def test_items_never_longer_than_the_target_leave_sizing_as_it_was(costs):
+    """W1-like maps (every item shorter than the target) never enter the heavy tail, so tiny
+    items keep their large chunks."""
+    sizer = ChunkSizer(workers=2)
+    for cost in costs:
+        sizer.observe(items=1, seconds=cost)
+    assert not sizer.in_heavy_tail(10)
+    assert not sizer.in_heavy_tail(1_000_000)
 
 
 def test_only_tiny_known_untimed_single_items_are_batched():

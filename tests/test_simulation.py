@@ -51,19 +51,59 @@ def test_w3b_heavy_last():
     assert result.speedup >= 1.9, result
 
 
+def one_at_a_time(costs: list[float], workers: int = 2) -> float:
+    """The speedup of a perfect pull scheduler: one item at a time to the first idle worker,
+    no round trip. No chunking scheduler that has not seen the items can promise more."""
+    free = [0.0] * workers
+    for cost in costs:
+        free[free.index(min(free))] += cost
+    return sum(costs) / max(free)
+
+
 def test_w3_over_many_seeds_mean_and_worst():
-    speedups = [simulate(w3(seed)).speedup for seed in range(1, 101)]
+    """The issue's bar (mean >= 1.9x, no seed under 1.8x) over 200 seeds, not just 8: a late
+    chunk holding two 200 ms items, or one item queued behind a 200 ms one, costs 0.1x or more
+    on the unluckiest seeds (worst was 1.73x before the heavy-tail rule)."""
+    speedups = [simulate(w3(seed)).speedup for seed in range(1, 201)]
     assert statistics.mean(speedups) >= 1.9
-    # A perfect pull scheduler (one item at a time, no round trip) gets 1.85 on its worst seed
-    # here: the 200 ms items drawn last decide. Chunks cost a little on the unluckiest seeds.
-    assert min(speedups) >= 1.7
+    assert min(speedups) >= 1.8
+
+
+def test_w3_within_a_few_percent_of_one_item_at_a_time_on_every_seed():
+    # One item at a time gets 1.85x on its worst seed here: the 200 ms items drawn last decide.
+    for seed in range(1, 201):
+        costs = w3(seed)
+        assert simulate(costs).speedup >= 0.97 * one_at_a_time(costs), seed
 
 
 def test_second_call_with_a_learned_cost_is_as_fast():
-    for seed in range(1, 9):
+    speedups = []
+    for seed in range(1, 201):
         first = simulate(w3(seed))
         second = simulate(w3(seed), learned_cost=first.cost)
-        assert second.speedup >= 1.85, (seed, first, second)
+        third = simulate(w3(seed), learned_cost=second.cost)
+        speedups += [second.speedup, third.speedup]
+    assert statistics.mean(speedups) >= 1.9
+    assert min(speedups) >= 1.8
+    heavy_last = sorted(w3(W3_SEED))
+    first = simulate(heavy_last)
+    assert simulate(heavy_last, learned_cost=first.cost).speedup >= 1.9
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_other_heavy_tails_over_many_seeds(workers):
+    """Other mixes than W3's: heavy items of 50-500 ms at 1-6% among 0.5-10 ms ones, shuffled.
+    The claim is about the scheduler, not about W3's numbers."""
+    ratios = []
+    for seed in range(100):
+        rng = random.Random(seed)
+        heavy = rng.choice((0.05, 0.2, 0.5))
+        share = rng.uniform(0.01, 0.06)
+        low = rng.choice((0.0005, 0.001, 0.002))
+        costs = [heavy if rng.random() < share else rng.uniform(low, 5 * low)
+                 for _ in range(rng.randint(150, 400))]
+        ratios.append(simulate(costs, workers).speedup / one_at_a_time(costs, workers))
+    assert statistics.mean(ratios) >= 0.97
 
 
 def test_nothing_long_waits_behind_a_busy_worker():
