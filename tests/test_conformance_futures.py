@@ -106,7 +106,7 @@ MODULES = _cpython_modules()
 if not MODULES:
     pytest.skip(
         f"this interpreter (Python {sys.version.split()[0]}) does not ship "
-        "test.test_concurrent_futures; `make test` runs the harness on the Pythons that do",
+        "test.test_concurrent_futures; `make test-all` runs the harness on the Pythons that do",
         allow_module_level=True,
     )
 
