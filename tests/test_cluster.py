@@ -257,3 +257,46 @@ def test_backend_context_variable(backend):
 def test_local_only_options_are_refused_on_a_cluster(backend):
     with pytest.raises(ValueError, match="initializer"):
         allcores.Pool(backend=backend, initializer=print)
+
+
+# -- run statistics, imap's errors in place --------------------------------------------------
+
+
+def test_run_statistics_come_from_the_cluster_workers(backend, tmp_path):
+    report = tmp_path / "run.html"
+    out = allcores.map(inc, range(3000), backend=backend, chunksize=100, report=report)
+    stats = out.stats
+    assert stats.items == 3000 and stats.chunks == 30
+    assert sum(w.tasks for w in stats.per_worker) == 3000
+    assert stats.busy_seconds > 0 and len(stats.spans) == 30
+    # The spans are on the caller's clock: inside the call, one per chunk, in time order.
+    assert all(0 <= s.start <= s.end <= stats.wall_seconds + 0.1 for s in stats.spans)
+    assert "inc" in stats.function
+    assert report.stat().st_size > 0
+    with allcores.Pool(backend=backend) as pool:
+        pool.map(inc, range(500), chunksize=50)
+        pool.map(fail_on, range(10), chunksize=1, on_error="collect")
+        assert pool.statistics().items == 510 and pool.statistics().chunks == 20
+
+
+def test_run_statistics_count_crashes_on_the_cluster(backend):
+    out = allcores.map(crash_on, range(40), backend=backend, on_error="collect", chunksize=10)
+    assert [f.index for f in out.failures] == [37]
+    assert out.stats.crashes >= 1
+    assert out.stats.items >= 39  # every item that ran to its end, the re-runs included
+
+
+def test_pool_imap_raises_a_failed_item_in_its_place_and_goes_on(backend):
+    """As multiprocessing.Pool.imap: the failure is raised where the item is, the items after
+    it still come (chunksize 1, the default)."""
+    got: list = []
+    with allcores.Pool(backend=backend) as pool:
+        results = pool.imap(fail_on, range(10))
+        for _ in range(10):
+            try:
+                got.append(results.next(timeout=120))
+            except KeyError:
+                got.append("KeyError")
+        with pytest.raises(StopIteration):
+            results.next(timeout=120)
+    assert got == [0, 1, 2, "KeyError", 4, 5, 6, 7, 8, 9]

@@ -41,10 +41,11 @@ from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import serialization
-from allcores._engine.client import Engine
+from allcores._engine.client import Engine, function_name
 from allcores._engine.jobs import Chunk, Job, Sink, attach_traceback
 from allcores._engine.messages import CALL_ONE
 from allcores._engine.options import TaskOptions
+from allcores._engine.recording import Recorder, Span
 from allcores._engine.scheduler import ChunkSizer
 from allcores.backends import _remote
 from allcores.backends._base import ChunkTask, ClusterBackend, Outcome
@@ -120,7 +121,8 @@ class ClusterCall:
 
     def __init__(self, engine: ClusterEngine, fn: Callable[..., Any], iterable: Iterable[Any],
                  sink: Sink, *, mode: int, ordered: bool, options: TaskOptions,
-                 on_dispatch: Callable[[], bool] | None, max_outstanding: int | None) -> None:
+                 on_dispatch: Callable[[], bool] | None, max_outstanding: int | None,
+                 errors_in_place: bool = False) -> None:
         if not callable(fn):
             raise TypeError(f"the task function must be callable, got {fn!r}")
         try:
@@ -141,7 +143,9 @@ class ClusterCall:
         slots = engine.workers
         self.job = Job(0, b"", iterable, sink, workers=slots, mode=mode, ordered=ordered,
                        options=options, on_dispatch=on_dispatch,
-                       max_outstanding=max_outstanding or IN_FLIGHT_PER_SLOT * slots)
+                       max_outstanding=max_outstanding or IN_FLIGHT_PER_SLOT * slots,
+                       function=function_name(fn), errors_in_place=errors_in_place)
+        self.job.recorder = engine.recorder
         # Where the engine enforces timeouts (not isolated), a timed item runs alone in its task
         # and only as many tasks as slots are out, so each starts when sent and its clock is
         # right; isolated backends enforce them per item on the worker and keep their chunks.
@@ -176,12 +180,24 @@ class ClusterCall:
             # Until the first answer, one one-item probe per slot: nothing is known to size by.
             if not job.sizer.learned and not job.pending and len(self.running) >= self.slots:
                 break
+            # In a map's tail, as locally (ChunkSizer.in_tail), a chunk is cut only when a slot
+            # is free: a chunk cut earlier is sized on what was known then, and on a skewed
+            # map (W3b: the heavy items last) it may pair a heavy item with the ones before it.
+            if len(self.running) >= self.slots and self._in_tail():
+                break
             chunk = job.next_chunk()
             if chunk is None:
                 break
             self._submit(chunk, now)
             if job.finished:
                 break
+
+    def _in_tail(self) -> bool:
+        job = self.job
+        if job.total is None:
+            return False
+        remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
+        return job.sizer.in_tail(remaining)
 
     def _submit(self, chunk: Chunk, now: float) -> None:
         job = self.job
@@ -235,7 +251,8 @@ class ClusterCall:
             return
         assert outcome.answer is not None
         try:
-            values, errors, seconds, where = serialization.loads(outcome.answer)
+            values, errors, timing, where = serialization.loads(outcome.answer)
+            timing = _remote.Timing(*timing)
         except Exception as exc:
             for offset, item in enumerate(chunk.items):
                 error: BaseException = _errors.ResultPicklingError(
@@ -259,7 +276,8 @@ class ClusterCall:
                                 infrastructure=False)
             return
         if values:
-            job.sizer.observe(len(values), seconds)
+            job.sizer.observe(len(values), timing.seconds)
+            self.engine.record(job, where, timing, len(values), now)
         position = 0
         for offset, error, tb, infrastructure in errors:
             if offset > position:
@@ -267,6 +285,9 @@ class ClusterCall:
             item = chunk.items[offset]
             if not infrastructure:
                 error = attach_traceback(error, tb, chunk.start + offset, item, label)
+            else:  # isolated: the worker's local pool stopped or lost a process for this item
+                kind = "timeout" if isinstance(error, _errors.TaskTimeoutError) else "crash"
+                self.engine.incident(kind, job, f"item {chunk.start + offset} on {where}")
             job.item_failed(chunk.start + offset, item, error, chunk.attempt, now,
                             infrastructure=infrastructure)
             if job.finished:
@@ -277,6 +298,7 @@ class ClusterCall:
 
     def _crashed(self, chunk: Chunk, cause: str, now: float) -> None:
         job = self.job
+        self.engine.incident("crash", job, f"items {chunk.start}.. ({len(chunk.items)}): {cause}")
         if len(chunk.items) > 1:
             job.isolate(chunk)  # which item killed it? run them one by one to find out
             return
@@ -317,6 +339,7 @@ class ClusterCall:
                 continue
             chunk = task.chunk
             item = chunk.items[0]
+            self.engine.incident("timeout", self.job, f"item {chunk.start}")
             error = _errors.TaskTimeoutError(
                 f"item {chunk.start} = {serialization.item_repr(item)} ran longer than its "
                 f"timeout of {self.timeout:g} s; its {self.backend.name} task was cancelled "
@@ -364,6 +387,11 @@ class ClusterEngine(Engine):
         self._owner: dict[Any, ClusterCall] = {}
         self._state = _RUNNING
         self._state_lock = threading.Lock()
+        # Run statistics, as the local manager keeps them: one span per chunk, from the chunk's
+        # own timestamps on its cluster worker; a worker's number is its order of appearance
+        # (a Dask worker's address, a Ray worker process).
+        self.recorder = Recorder(self.workers)
+        self._worker_numbers: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="allcores-cluster", daemon=True)
         self._thread.start()
 
@@ -373,16 +401,13 @@ class ClusterEngine(Engine):
               mode: int = CALL_ONE, ordered: bool = True, options: TaskOptions | None = None,
               on_dispatch: Callable[[], bool] | None = None,
               max_outstanding: int | None = None, errors_in_place: bool = False) -> object:
-        # errors_in_place (imap's failed items raised in their place) is not implemented for
-        # clusters yet: a failed item fails the whole call there, as on_error="raise" says.
-        del errors_in_place
         if self._state != _RUNNING:
             raise _errors.PoolClosedError(
                 "this pool was closed or terminated: create a new one to submit more work"
             )
         call = ClusterCall(self, fn, iterable, sink, mode=mode, ordered=ordered,
                            options=options or self.options, on_dispatch=on_dispatch,
-                           max_outstanding=max_outstanding)
+                           max_outstanding=max_outstanding, errors_in_place=errors_in_place)
         self._events.put(("submit", call))
         return call
 
@@ -414,6 +439,32 @@ class ClusterEngine(Engine):
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def statistics(self) -> Any:
+        """The :class:`allcores.RunStats` of everything this engine ran so far."""
+        from allcores._stats import pool_stats
+
+        return pool_stats(self.recorder)
+
+    def record(self, job: Job, where: str, timing: _remote.Timing, items: int,
+               now: float) -> None:
+        """Note a chunk's run (engine thread). The worker stamped its start with the wall clock
+        (``time.time()``: a cluster's machines share no monotonic clock); it is moved onto
+        this process's monotonic clock here, so on several machines the spans are as right as
+        their clocks are in step (NTP: a few milliseconds)."""
+        if not timing.started:
+            return
+        number = self._worker_numbers.setdefault(where, len(self._worker_numbers))
+        start = timing.started - (time.time() - time.monotonic())
+        end = start + timing.seconds
+        self.recorder.chunk(job.record, Span(
+            number, job.id, start, end, items, timing.seconds, timing.load,
+            max(0.0, now - end), 1, 0, timing.cpu,
+        ), 0.0)
+
+    def incident(self, kind: str, job: Job, detail: str) -> None:
+        """Note a crash or a timeout (engine thread); the worker is unknown on a cluster."""
+        self.recorder.incident(kind, None, job.record, detail)
 
     @property
     def accepting(self) -> bool:
@@ -464,6 +515,7 @@ class ClusterEngine(Engine):
                     return
                 if kind == "submit":
                     call = event[1]
+                    self.recorder.call_started(call.job.record)
                     try:
                         call.begin()
                     except BaseException as exc:

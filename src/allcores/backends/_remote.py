@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from allcores import errors as _errors
 from allcores._engine import serialization
@@ -125,11 +125,24 @@ def _resolve(shares: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _answer(values: list, errors: list[tuple[int, BaseException, str, bool]], seconds: float,
+class Timing(NamedTuple):
+    """When and how a chunk ran on its worker, for the driver's run statistics."""
+
+    started: float  # the task function started, ``time.time()`` (0.0: it never ran)
+    seconds: float  # in the task function(s), wall
+    load: float  # unpickling the function and the items
+    cpu: float  # CPU seconds the worker got while in the task function
+
+
+NOT_RUN = Timing(0.0, 0.0, 0.0, 0.0)
+
+
+def _answer(values: list, errors: list[tuple[int, BaseException, str, bool]], timing: Timing,
             where: str) -> bytes:
-    """Pickle a chunk's answer; a value that does not pickle fails only its own item."""
+    """Pickle a chunk's answer ``(values, errors, timing, where)``; a value that does not
+    pickle fails only its own item."""
     try:
-        return serialization.dumps((values, errors, seconds, where))
+        return serialization.dumps((values, errors, tuple(timing), where))
     except Exception:
         pass
     errors = list(errors)
@@ -144,7 +157,7 @@ def _answer(values: list, errors: list[tuple[int, BaseException, str, bool]], se
             errors.append((offset, err, "", False))
     errors.sort(key=lambda e: e[0])
     portable = [(o, _portable(e), tb, infra) for o, e, tb, infra in errors]
-    return serialization.dumps((values, portable, seconds, where))
+    return serialization.dumps((values, portable, tuple(timing), where))
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -173,7 +186,7 @@ def _load_failed(exc: BaseException, where: str) -> bytes:
     )
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     # offset -1: the whole chunk failed to load; the driver re-runs it item by item.
-    return serialization.dumps(([], [(-1, err, tb, False)], 0.0, where))
+    return serialization.dumps(([], [(-1, err, tb, False)], tuple(NOT_RUN), where))
 
 
 def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where: str,
@@ -184,15 +197,18 @@ def run_inline(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int, where
     from allcores._engine.worker_main import _run
 
     where = where or f"{socket.gethostname()} pid {os.getpid()}"
+    loading = time.perf_counter()
     try:
         fn, items = _load(call_id, fn_blob, items_blob, shares)
     except BaseException as exc:
         return _load_failed(exc, where)
+    wall, cpu = time.time(), time.process_time()
     started = time.perf_counter()
     values, task_errors = _run(fn, items, mode, False)
     seconds = time.perf_counter() - started
+    timing = Timing(wall, seconds, started - loading, time.process_time() - cpu)
     errors = [(e.offset, e.error, e.traceback, False) for e in task_errors]
-    return _answer(values, errors, seconds, where)
+    return _answer(values, errors, timing, where)
 
 
 def run_inline_timed(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
@@ -272,14 +288,17 @@ def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
 
     from allcores._engine.options import TaskOptions
 
+    loading = time.perf_counter()
     try:
         fn, items = _load(call_id, fn_blob, items_blob, shares)
     except BaseException as exc:
         return _load_failed(exc, where)
+    load = time.perf_counter() - loading
     pool = _local_pool(processes)
     options = TaskOptions(item_timeout=timeout, on_error="collect")
     with _pool_lock:
         _running[call_id] += 1
+    wall = time.time()
     started = time.perf_counter()
     try:
         values = pool._async(fn, items, mode, options).get()
@@ -290,7 +309,11 @@ def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
             _running[call_id] -= 1
             if _running[call_id] <= 0:
                 del _running[call_id]
-    seconds = time.perf_counter() - started
+    # The local pool's own figures: time in the task function and the CPU it got, over the
+    # local processes (the chunk's wall time would count the local pool's round trips as work).
+    local = values.stats
+    timing = Timing(wall, time.perf_counter() - started, load, 0.0) if local is None else (
+        Timing(wall, local.busy_seconds, load, local.cpu_seconds))
     errors = []
     for failure in values.failures:
         offset = failure.index
@@ -321,4 +344,4 @@ def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
                 error.__notes__ = [n for n in notes if not n.startswith("allcores: ")]
         values[offset] = None
         errors.append((offset, error, tb, infrastructure))
-    return _answer(list(values), errors, seconds, where)
+    return _answer(list(values), errors, timing, where)
