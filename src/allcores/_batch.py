@@ -103,7 +103,13 @@ class BatchRun:
         even with one worker, so an item that crashes its process (a decoder's segfault on a
         hostile file) fails alone instead of taking the caller down.
         """
-        if not isolate and (self.workers == 1 or len(items) <= 1):
+        from allcores import backends
+
+        # On a cluster (--backend, allcores.backend(), ALLCORES_BACKEND) there is no one-core
+        # shortcut: the user asked for the cluster's machines, and this one's worker count
+        # says nothing about theirs.
+        local = backends.requested()[0] is None
+        if local and not isolate and (self.workers == 1 or len(items) <= 1):
             return self._inline(fn, items, on_error)
         from allcores._oneliners import _guarded, _pool
 
