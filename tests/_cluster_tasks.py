@@ -50,3 +50,13 @@ def total(handle_and_slice):
 class Unpicklable:
     def __reduce__(self):
         raise TypeError("this object refuses to pickle")
+
+
+def local_pool_state():
+    """On a Dask worker: (id, worker pids) of its local allcores pool, or None."""
+    from allcores.backends import _remote
+
+    pool = _remote._pool
+    if pool is None or not pool._engine.alive:
+        return None
+    return id(pool), sorted(pool.worker_pids())

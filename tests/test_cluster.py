@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 
 import allcores
 from _cluster import dask_cluster, ray_cluster
-from _cluster_tasks import Unpicklable, crash_on, fail_on, flaky, inc, sleep_then, total
+from _cluster_tasks import (
+    Unpicklable,
+    crash_on,
+    fail_on,
+    flaky,
+    inc,
+    local_pool_state,
+    sleep_then,
+    total,
+)
 from allcores.errors import (
     ArgumentPicklingError,
     RemoteTraceback,
@@ -300,3 +309,63 @@ def test_pool_imap_raises_a_failed_item_in_its_place_and_goes_on(backend):
         with pytest.raises(StopIteration):
             results.next(timeout=120)
     assert got == [0, 1, 2, "KeyError", 4, 5, 6, 7, 8, 9]
+
+
+_INTERRUPTED_DRIVER = """
+import sys, allcores
+sys.path.insert(0, {tests!r})
+import cloudpickle, _cluster_tasks
+cloudpickle.register_pickle_by_value(_cluster_tasks)
+items = [(i, 60.0, {folder!r}) for i in range(4)]
+try:
+    allcores.map(_cluster_tasks.sleep_then, items, backend={name!r}, address={address!r})
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_in_a_driver_process_stops_only_its_call(backend, tmp_path):
+    """A real SIGINT to another driver process: its items stop at once, the cluster (on Dask:
+    each worker's local pool too, the same pool, not a restarted one) serves the next call."""
+    import subprocess
+    import sys
+
+    if _name(backend) == "dask":
+        address = backend.scheduler.address
+        assert allcores.map(inc, range(20), backend=backend, chunksize=1) == list(range(1, 21))
+        pools_before = backend.run(local_pool_state)
+        assert all(state is not None for state in pools_before.values())
+    else:
+        import ray
+
+        address = ray.get_runtime_context().gcs_address
+    script = _INTERRUPTED_DRIVER.format(tests=str(Path(__file__).parent), folder=str(tmp_path),
+                                        name=_name(backend), address=address)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_pids(tmp_path)) < 2 and time.monotonic() < deadline:
+            assert driver.poll() is None, "the driver ended before its items started"
+            time.sleep(0.05)  # watching files other processes write: nothing to block on
+        assert len(_pids(tmp_path)) >= 2
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130 and "interrupted" in out
+    pids = list(_pids(tmp_path).values())
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(p) for p in pids), "an item of the interrupted call still runs"
+    assert allcores.map(inc, range(20), backend=backend, chunksize=1) == list(range(1, 21))
+    if _name(backend) == "dask":
+        pools_after = backend.run(local_pool_state)
+        # The same local pool on each worker: only the processes that ran the call's items
+        # were replaced.
+        assert {w: s[0] for w, s in pools_after.items()} == {
+            w: s[0] for w, s in pools_before.items()
+        }

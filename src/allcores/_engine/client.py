@@ -344,6 +344,13 @@ class LocalEngine(Engine):
         assert isinstance(handle, (Job, Call))
         self._manager.cancel(handle, error)
 
+    def abort(self, handle: object, error: BaseException) -> None:
+        """:meth:`cancel`, and kill the workers running the call's items now (they are
+        replaced); the pool and its other calls go on. A Dask worker's local pool uses it
+        when a cluster call is interrupted (``backends/_remote.abort``)."""
+        assert isinstance(handle, (Job, Call))
+        self._manager.cancel(handle, error, stop_running=True)
+
     def consumed(self) -> None:
         self._manager.wake()
 

@@ -113,10 +113,12 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
+    """Stop feeding ``job`` and fail it with ``error``; chunks already running finish, unless
+    ``stop_running``: then the workers running its items are killed (and replaced)."""
 
     job: Job | Call
     error: BaseException
+    stop_running: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +227,10 @@ class Manager:
         self._commands.append(Forget(fn_id))
         self.wake()
 
-    def cancel(self, job: Job | Call, error: BaseException) -> None:
-        """Stop feeding ``job`` and fail it with ``error``; chunks already running finish."""
-        self._commands.append(Cancel(job, error))
+    def cancel(self, job: Job | Call, error: BaseException, stop_running: bool = False) -> None:
+        """Stop feeding ``job`` and fail it with ``error``; chunks already running finish,
+        unless ``stop_running`` (see :class:`Cancel`)."""
+        self._commands.append(Cancel(job, error, stop_running))
         self.wake()
 
     def wake(self) -> None:
@@ -390,11 +393,24 @@ class Manager:
             elif isinstance(command, Cancel):
                 command.job.fail(command.error)
                 if isinstance(command.job, Job):
+                    if command.stop_running:
+                        self._stop_running(command.job)
                     self._settle(command.job)
                 else:
                     self._jobs.discard(command.job)
             else:
                 self._forget_function(command.fn_id)
+
+    def _stop_running(self, job: Job) -> None:
+        """Kill the workers now running an item of ``job`` (its caller gave up on it, as a
+        cluster call's Ctrl-C does on a Dask worker's local pool); the death is handled as
+        any: the pool replaces them, and other jobs' chunks queued behind them run again."""
+        for handle in self._handles.values():
+            if not handle.messages:
+                continue
+            running = itertools.islice(handle.in_flight, handle.messages[0][0])
+            if any(chunk.job is job for chunk in running):
+                processes.kill(handle)
 
     # -- dispatch --------------------------------------------------------------------------
 

@@ -44,6 +44,13 @@ def _plugin() -> Any:
         name = "allcores-local-pool"
 
         def teardown(self, worker: Any) -> None:
+            from distributed.core import Status
+
+            # Every driver that connects registers this plugin again, and Dask tears the old
+            # registration down when a new one replaces it: the worker is still running then,
+            # and its local pool (with other drivers' chunks on it) must stay.
+            if worker.status == Status.running:
+                return
             _remote.shutdown_local_pool()
 
     return LocalPoolPlugin()

@@ -228,8 +228,12 @@ def run_inline_timed(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
 
 _pool_lock = threading.Lock()
 _pool: Any = None
-# call id -> number of this worker's chunks of that call now running in the local pool.
-_running: collections.Counter[str] = collections.Counter()
+# call id -> this worker's local jobs of that call now running in the local pool.
+_running: dict[str, list[Any]] = {}
+# Calls stopped here (Ctrl-C, an early break): a chunk of theirs that Dask starts after the stop
+# (it was already on its way when the driver cancelled) does not run. Bounded, oldest first out.
+_ABORTED_KEPT = 256
+_aborted: collections.OrderedDict[str, None] = collections.OrderedDict()
 
 
 def _local_pool(processes: int) -> Any:
@@ -255,15 +259,21 @@ def _local_pool(processes: int) -> Any:
 def abort(call_id: str) -> bool:
     """Stop this worker's running chunks of ``call_id`` now (Ctrl-C or an early ``break``).
 
-    The local pool is terminated, which kills the processes running the items; a chunk of
-    another call that was running on it comes back as lost and its driver runs it again.
+    Only that call's items stop: the local processes running them are killed and replaced,
+    and the local pool, with any other call's chunks on it, goes on.
     """
-    global _pool
+    from concurrent.futures import CancelledError
+
     with _pool_lock:
-        if not _running.get(call_id) or _pool is None:
-            return False
-        pool, _pool = _pool, None
-    pool.terminate()
+        _aborted[call_id] = None
+        while len(_aborted) > _ABORTED_KEPT:
+            _aborted.popitem(last=False)
+        jobs = _running.pop(call_id, [])
+        pool = _pool
+    if pool is None or not jobs:
+        return False
+    for job in jobs:
+        pool._engine.abort(job, CancelledError())
     return True
 
 
@@ -277,7 +287,7 @@ def shutdown_local_pool() -> None:
 
 
 class LostChunk(Exception):
-    """The local pool was stopped under a chunk (another call's Ctrl-C): run it again."""
+    """The local pool was stopped under a chunk (its Dask worker is closing): run it again."""
 
 
 def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
@@ -285,8 +295,11 @@ def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
                  shares: dict[str, Any] | None = None) -> bytes:
     """Run a chunk in this Dask worker's local allcores pool and answer with its outcome."""
     import time
+    from concurrent.futures import CancelledError
 
+    from allcores._engine.jobs import ListSink
     from allcores._engine.options import TaskOptions
+    from allcores._pool import AsyncResult
 
     loading = time.perf_counter()
     try:
@@ -296,19 +309,28 @@ def run_isolated(call_id: str, fn_blob: bytes, items_blob: bytes, mode: int,
     load = time.perf_counter() - loading
     pool = _local_pool(processes)
     options = TaskOptions(item_timeout=timeout, on_error="collect")
-    with _pool_lock:
-        _running[call_id] += 1
+    sink = ListSink()
     wall = time.time()
     started = time.perf_counter()
+    with _pool_lock:
+        if call_id in _aborted:
+            raise CancelledError(f"call {call_id} was stopped")
+        # max_outstanding given: always a Job, never the engine's light one-item Call (which
+        # becomes a Job of its own only when dispatched), so abort() finds its running items.
+        job = pool._engine.start(fn, items, sink, mode=mode, options=options,
+                                 max_outstanding=4 * processes)
+        _running.setdefault(call_id, []).append(job)
     try:
-        values = pool._async(fn, items, mode, options).get()
+        values = AsyncResult(sink).get()
     except _errors.PoolClosedError:
         raise LostChunk(f"the local pool on {where} was stopped under this chunk") from None
     finally:
         with _pool_lock:
-            _running[call_id] -= 1
-            if _running[call_id] <= 0:
-                del _running[call_id]
+            jobs = _running.get(call_id)
+            if jobs is not None:
+                jobs.remove(job)
+                if not jobs:
+                    del _running[call_id]
     # The local pool's own figures: time in the task function and the CPU it got, over the
     # local processes (the chunk's wall time would count the local pool's round trips as work).
     local = values.stats
