@@ -196,7 +196,75 @@ def bench_dask(rounds: int) -> dict:
     return res
 
 
-def bench_ray(rounds: int, per_ms: float) -> dict:
+def bench_w3b(ray, pool, per_ms: float, rounds: int) -> dict:
+    """W3b on Ray: serial in this process, serial inside one Ray task (what a Ray worker gets
+    of a core here), allcores and Ray's Pool.map, interleaved round by round so a neighbour's
+    load falls on all of them alike; the load average is reported beside them."""
+    w3b = workloads.build_workloads(per_ms)["W3b"]
+    spin = workloads.spin
+
+    @ray.remote(num_cpus=1)
+    def serial_in_ray(items):
+        t0 = time.perf_counter()
+        for n in items:
+            spin(n)
+        return time.perf_counter() - t0
+
+    # The best any scheduler could do on Ray here: the items split in advance into two halves
+    # of equal known work (greedy by size), one Ray task per half, started together.
+    halves: list[list[int]] = [[], []]
+    for n in sorted(w3b.items, reverse=True):
+        min(halves, key=sum).append(n)
+
+    def perfect_split():
+        t0 = time.perf_counter()
+        ray.get([serial_in_ray.remote(h) for h in halves])
+        return time.perf_counter() - t0
+
+    ray.get(serial_in_ray.remote(w3b.items[:5]))
+    allcores.map(spin, w3b.items[:10], backend="ray")
+    pool.map(spin, w3b.items[:10])
+    times: dict[str, list[float]] = {"serial": [], "serial_in_ray": [], "perfect_split": [],
+                                     "allcores": [], "ray_pool_map": []}
+    # CPU the driver process itself used during each map (its engine thread, Ray's threads):
+    # on two cores, what the driver takes the workers do not get.
+    driver_cpu: dict[str, list[float]] = {"allcores": [], "ray_pool_map": []}
+    loads = [os.getloadavg()[0]]
+    stats = None
+    for _ in range(rounds):
+        times["serial"].append(once(lambda: [spin(n) for n in w3b.items]))
+        times["serial_in_ray"].append(ray.get(serial_in_ray.remote(w3b.items)))
+        times["perfect_split"].append(perfect_split())
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = allcores.map(spin, w3b.items, backend="ray")
+        times["allcores"].append(time.perf_counter() - t0)
+        driver_cpu["allcores"].append(time.process_time() - c0)
+        stats = out.stats
+        c0 = time.process_time()
+        times["ray_pool_map"].append(once(lambda: pool.map(spin, w3b.items)))
+        driver_cpu["ray_pool_map"].append(time.process_time() - c0)
+        loads.append(os.getloadavg()[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "serial_s": med["serial"], "serial_in_ray_s": med["serial_in_ray"],
+        "perfect_split_s": med["perfect_split"],
+        "speedup_perfect_split": med["serial"] / med["perfect_split"],
+        "allcores": {"median_s": med["allcores"], "times_s": times["allcores"]},
+        "ray_pool_map": {"median_s": med["ray_pool_map"], "times_s": times["ray_pool_map"]},
+        "speedup_allcores": med["serial"] / med["allcores"],
+        "speedup_ray_pool": med["serial"] / med["ray_pool_map"],
+        "ratio": med["ray_pool_map"] / med["allcores"],
+        "load_average": loads,
+        "driver_cpu_s": {k: statistics.median(v) for k, v in driver_cpu.items()},
+        # The last allcores round's own figures: time in the function against the CPU it got.
+        "last_busy_s": stats.busy_seconds if stats else None,
+        "last_cpu_s": stats.cpu_seconds if stats else None,
+        "last_chunks": stats.chunks if stats else None,
+        "last_losses": stats.losses._asdict() if stats else None,
+    }
+
+
+def bench_ray(rounds: int, per_ms: float, w3b_only: bool = False) -> dict:
     import ray
     from ray.util.multiprocessing import Pool as RayPool
 
@@ -208,6 +276,12 @@ def bench_ray(rounds: int, per_ms: float) -> dict:
     remote_inc = ray.remote(inc)
     pool = RayPool(2)
 
+    if w3b_only:
+        res["w3b"] = bench_w3b(ray, pool, per_ms, rounds)
+        allcores.shutdown()
+        pool.terminate()
+        ray.shutdown()
+        return res
     res["allcores"] = timed(lambda: allcores.map(inc, range(W1_ITEMS), backend="ray"), rounds)
     naive_t = timed(lambda: ray.get([remote_inc.remote(x) for x in range(NAIVE_ITEMS)]), 1)
     res["naive_remote_scaled"] = {
@@ -218,18 +292,7 @@ def bench_ray(rounds: int, per_ms: float) -> dict:
     res["ratio_vs_naive"] = res["naive_remote_scaled"]["median_s"] / res["allcores"]["median_s"]
     res["ratio_vs_ray_pool"] = res["ray_pool_map"]["median_s"] / res["allcores"]["median_s"]
 
-    w3b = workloads.build_workloads(per_ms)["W3b"]
-    spin = workloads.spin
-    serial = timed(lambda: [spin(n) for n in w3b.items], 1)
-    ours = timed(lambda: allcores.map(spin, w3b.items, backend="ray"), rounds)
-    theirs = timed(lambda: pool.map(spin, w3b.items), rounds)
-    res["w3b"] = {
-        "serial_s": serial["median_s"], "allcores": ours, "ray_pool_map": theirs,
-        "speedup_allcores": serial["median_s"] / ours["median_s"],
-        "speedup_ray_pool": serial["median_s"] / theirs["median_s"],
-        "ratio": theirs["median_s"] / ours["median_s"],
-    }
-
+    res["w3b"] = bench_w3b(ray, pool, per_ms, rounds)
     res["crash_allcores"] = probe_crash(
         lambda: allcores.map(crash_on, range(100), backend="ray", on_error="collect"))
     remote_crash = ray.remote(crash_on)
@@ -257,6 +320,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engines", default="dask,ray")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--w3b-only", action="store_true",
+                        help="Ray's W3b rounds alone (no W1, no probes)")
     args = parser.parse_args()
     per_ms = workloads.calibrate()
     out: dict = {}
@@ -274,17 +339,31 @@ def main() -> None:
             print(f"  {k:18s} {d[k]}")
         print(f"  restarting one worker under its nanny: {d['nanny_restart_s']:.2f} s")
     if "ray" in engines:
-        out["ray"] = bench_ray(args.rounds, per_ms)
+        out["ray"] = bench_ray(args.rounds, per_ms, args.w3b_only)
         r = out["ray"]
+        w = r["w3b"]
+        print(f"C2 W3b on Ray ({args.rounds} rounds, interleaved; load average "
+              f"{min(w['load_average']):.1f}-{max(w['load_average']):.1f})")
+        print(f"  serial {w['serial_s']:.2f} s, serial inside one Ray task "
+              f"{w['serial_in_ray_s']:.2f} s, a perfect split in advance over two Ray tasks "
+              f"{w['perfect_split_s']:.2f} s ({w['speedup_perfect_split']:.2f}x serial: the "
+              "best any scheduler could do here)")
+        print(f"  allcores {w['speedup_allcores']:.2f}x serial, ray Pool.map "
+              f"{w['speedup_ray_pool']:.2f}x -> allcores {w['ratio']:.2f}x faster")
+        print(f"  the driver's own CPU per map: allcores {w['driver_cpu_s']['allcores']:.3f} s, "
+              f"ray Pool.map {w['driver_cpu_s']['ray_pool_map']:.3f} s")
+        print(f"  last allcores round: {w['last_chunks']} chunks, {w['last_busy_s']:.2f} s in the "
+              f"function, {w['last_cpu_s']:.2f} s of CPU; losses {w['last_losses']}")
+        if args.w3b_only:
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+            return
         print(f"C2 Ray (num_cpus=2; start-up {r['startup_s']:.1f} s, excluded)")
         print(f"  W1 allcores          {r['allcores']['median_s']:.3f} s")
         print(f"  W1 naive .remote     {r['naive_remote_scaled']['median_s']:.1f} s "
               f"(scaled from {NAIVE_ITEMS:,})  -> allcores {r['ratio_vs_naive']:.0f}x faster")
         print(f"  W1 ray Pool.map      {r['ray_pool_map']['median_s']:.3f} s "
               f"-> allcores {r['ratio_vs_ray_pool']:.1f}x faster")
-        w = r["w3b"]
-        print(f"  W3b serial {w['serial_s']:.2f} s; allcores {w['speedup_allcores']:.2f}x serial, "
-              f"ray Pool.map {w['speedup_ray_pool']:.2f}x -> allcores {w['ratio']:.2f}x faster")
         for k in ("crash_allcores", "crash_naive", "crash_ray_pool", "timeout_allcores",
                   "timeout_naive"):
             print(f"  {k:18s} {r[k]}")

@@ -9,6 +9,7 @@ sizes, retries, error policy, ordering, timeouts' consequences) is the driver's
 from __future__ import annotations
 
 import abc
+import atexit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,5 +95,25 @@ class ClusterBackend(abc.ABC):
     def forget(self, ref: Any) -> None:  # noqa: B027 - optional
         """Drop a stored value (the call is over)."""
 
-    def close(self) -> None:  # noqa: B027 - optional
-        """Release what this backend started (a local cluster); a user's cluster stays up."""
+    # Whether this backend started (or connected) what it must close at exit: see _own().
+    _owned: bool = False
+
+    def _own(self) -> None:
+        """This backend started its cluster or its connection: close them at exit."""
+        self._owned = True
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Release what this backend started (a local cluster, its own connection); a user's
+        cluster, or a connection the caller made, stays up. Idempotent."""
+        if not self._owned:
+            return
+        self._owned = False
+        try:
+            atexit.unregister(self.close)
+        except Exception:
+            pass
+        self._release()
+
+    def _release(self) -> None:  # noqa: B027 - optional
+        """Stop what :meth:`_own` registered (called once, by :meth:`close`)."""

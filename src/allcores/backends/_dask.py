@@ -13,7 +13,6 @@ by the scheduler towards ``KilledWorker``; see docs/cluster.md for the measureme
 
 from __future__ import annotations
 
-import atexit
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,7 +71,6 @@ class DaskBackend(ClusterBackend):
                 "backend='dask' needs Dask's distributed scheduler: pip install 'allcores[dask]'"
             ) from exc
         self._cluster = None
-        self._owned = client is None
         if client is None:
             if address is None:
                 from allcores._engine.cpu import cpu_count
@@ -88,7 +86,7 @@ class DaskBackend(ClusterBackend):
                 client = distributed.Client(self._cluster, set_as_default=False)
             else:
                 client = distributed.Client(address, set_as_default=False)
-            atexit.register(self.close)
+            self._own()
         self.client = client
         self.address = str(client.scheduler.address)
         client.register_plugin(_plugin(), name="allcores-local-pool")
@@ -145,14 +143,7 @@ class DaskBackend(ClusterBackend):
         except Exception:
             pass
 
-    def close(self) -> None:
-        if not self._owned:
-            return
-        self._owned = False
-        try:
-            atexit.unregister(self.close)
-        except Exception:
-            pass
+    def _release(self) -> None:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

@@ -8,7 +8,6 @@ driver re-runs the chunk item by item to find the culprit, as the local engine d
 
 from __future__ import annotations
 
-import atexit
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,6 @@ class RayBackend(ClusterBackend):
         except ImportError as exc:
             raise ImportError("backend='ray' needs Ray: pip install 'allcores[ray]'") from exc
         self._ray = ray
-        self._owned = False
         if not ray.is_initialized():
             if address is None:
                 from allcores._engine.cpu import cpu_count
@@ -45,8 +43,7 @@ class RayBackend(ClusterBackend):
                          log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
-            self._owned = True
-            atexit.register(self.close)
+            self._own()
         self.address = address or "local"
         # max_retries=0, retry_exceptions=False: Ray never re-runs a chunk by itself; allcores'
         # RetryPolicy decides. One CPU per task, as a process pool's one process per item.
@@ -123,14 +120,7 @@ class RayBackend(ClusterBackend):
     # forget(): nothing to do; Ray frees a stored value once no reference to it is left, and
     # the call drops its reference when it ends.
 
-    def close(self) -> None:
-        if not self._owned:
-            return
-        self._owned = False
-        try:
-            atexit.unregister(self.close)
-        except Exception:
-            pass
+    def _release(self) -> None:
         self._ray.shutdown()
 
 
