@@ -4,8 +4,8 @@ No process, no clock, no pipe: ``simulate`` plays one map of items with given co
 on ``workers`` simulated workers, with a given one-way pipe latency, and returns when each
 answer came back. Every decision is made by the same pure code the manager calls
 (``allcores._engine.scheduler``): chunk sizes (``ChunkSizer``), whether a worker has room
-(``has_room``), the tail rule (``ChunkSizer.in_tail``) and how much a queued chunk may carry
-(``prefetch_budget``). What is simulated here is only the loop around them, the same as
+(``has_room``), the tail rule (``ChunkSizer.in_tail``, ``may_queue``) and how much a queued
+chunk may carry (``prefetch_budget``). What is simulated here is only the loop around them, the same as
 ``Manager._dispatch`` / ``_next_chunk_for``: every round, idlest worker first, one message per
 worker, again while anything was sent; a busy worker is offered nothing in a map's tail and no
 probe.
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from allcores._engine.scheduler import ChunkSizer, has_room, prefetch_budget
+from allcores._engine.scheduler import ChunkSizer, has_room, may_queue, prefetch_budget
 
 Room = Callable[..., bool]
 
@@ -102,15 +102,18 @@ def simulate(
             for slot in sorted(range(workers), key=lambda s: len(pool[s].queue)):
                 w = pool[slot]
                 queued = queued_seconds(w)
-                if next_index >= total or not room(chunks=len(w.queue), queued_seconds=queued):
+                if next_index >= total:
                     continue
                 busy = bool(w.queue)
                 remaining = total - next_index
-                if busy:
-                    if queued is None or not sizer.learned:
-                        continue  # a probe runs alone: one per worker until the cost is known
-                    if known_length and sizer.in_tail(remaining):
-                        continue  # in the tail, only idle workers get chunks
+                known = remaining if known_length else None
+                heavy = sizer.in_heavy_tail(known)
+                if not room(chunks=len(w.queue), queued_seconds=queued, heavy_tail=heavy):
+                    continue  # past the horizon (a heavy tail: one chunk already waits)
+                if busy and (queued is None or not may_queue(
+                    learned=sizer.learned, timed=False, tail=sizer.in_tail(known),
+                )):
+                    continue  # a probe runs alone; at a tail's end, only idle workers get chunks
                 budget = prefetch_budget(queued) if busy and queued is not None else None
                 size = sizer.next_size(remaining if known_length else None, budget)
                 size = min(size, remaining)

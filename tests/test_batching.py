@@ -170,3 +170,98 @@ def test_a_pending_single_call_can_be_cancelled_through_the_engine():
         assert pool.apply_async(double, (4,)).get(timeout=30) == 8  # the pool goes on
     os.close(read_end)
     os.close(write_end)
+
+
+@pytest.fixture
+def jobs_made(monkeypatch):
+    """Counts the Jobs the engine makes (it runs unchanged)."""
+    from allcores._engine import jobs as jobs_module
+
+    made: list[int] = []
+    original = jobs_module.Job.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(jobs_module.Job, "__init__", counting)
+    return made
+
+
+def test_tiny_calls_that_succeed_are_settled_without_a_job_each(jobs_made):
+    """Once a function's cost is learned, its tiny calls travel as they are (jobs.CallChunk):
+    a successful one is settled on its own result, with no Job made for it, and the pool's
+    statistics still count every call (on the old engine each call became a Job)."""
+    with allcores.Pool(2) as pool:
+        _warm(pool, double, 1)
+        before = len(jobs_made)
+        results = [pool.apply_async(double, (i,)) for i in range(N)]
+        assert [r.get(timeout=60) for r in results] == [2 * i for i in range(N)]
+        assert len(jobs_made) - before < N // 10
+        stats = pool.statistics()
+        assert stats.items == N + 1
+        assert stats.busy_seconds > 0
+
+
+def test_tiny_calls_failing_after_the_light_way_keep_their_retries_and_callbacks(jobs_made):
+    """A tiny call sent without a job that fails becomes a job there (retried, its error
+    callback run); its batch neighbours are settled the light way."""
+    errors: list[BaseException] = []
+    values: list[int] = []
+    with allcores.Pool(2) as pool:
+        _warm(pool, fail_on, 0)
+        before = len(jobs_made)
+        results = [
+            pool.apply_async(fail_on, (i % 10,), callback=values.append,
+                             error_callback=errors.append)
+            for i in range(N)
+        ]
+        for i, r in enumerate(results):
+            if i % 10 == 3:
+                with pytest.raises(ValueError, match="bad item 3"):
+                    r.get(timeout=60)
+            else:
+                assert r.get(timeout=60) == i % 10
+        made = len(jobs_made) - before
+    assert N // 10 <= made < N // 5  # a job for each failed call, about none for the others
+    assert len(errors) == N // 10 and len(values) == N - N // 10
+
+
+def test_terminate_fails_tiny_calls_in_flight_and_pending_at_once():
+    """Calls on the light way (in flight or waiting) all end when the pool is terminated."""
+    pool = allcores.Pool(2)
+    _warm(pool, double, 1)
+    results = [pool.apply_async(double, (i,)) for i in range(20_000)]
+    pool.terminate()
+    outcomes = {"ok": 0, "closed": 0}
+    for r in results:
+        try:
+            r.get(timeout=60)
+            outcomes["ok"] += 1
+        except allcores.PoolClosedError:
+            outcomes["closed"] += 1
+    assert sum(outcomes.values()) == len(results)
+
+
+def _result_or_lock(x):
+    import threading
+
+    return threading.Lock() if x == 7 else x
+
+
+def test_an_unpicklable_result_in_a_batch_says_why_as_a_chunk_does(batches):
+    """A batched call whose result cannot be pickled fails alone with the same
+    MaybeEncodingError a chunk gives: the reason and the value (the batch path left them out)."""
+    import multiprocessing.pool
+
+    with allcores.Pool(2) as pool:
+        _warm(pool, _result_or_lock, 0)
+        results = [pool.apply_async(_result_or_lock, (i,)) for i in range(N)]
+        for i, r in enumerate(results):
+            if i == 7:
+                with pytest.raises(multiprocessing.pool.MaybeEncodingError) as info:
+                    r.get(timeout=60)
+                assert "lock" in info.value.exc and "lock" in info.value.value
+            else:
+                assert r.get(timeout=60) == i
+    assert batches and max(batches) > 1

@@ -683,6 +683,43 @@ class Call:
             self.sink.fail(error)
 
 
+class CallChunk(Chunk):
+    """A tiny one-item call's chunk, sent in a batch without becoming a :class:`Job`.
+
+    ``apply_async``/``submit`` in a loop: when the call's function has a learned cost under
+    ``BATCH_TARGET_SECONDS``, the manager sends its :class:`Call` as it is, and settles a
+    successful answer directly on the call's sink (its value, its statistics). A job per call
+    (a sizer, a reorderer, a retry policy, a record, and the bookkeeping of each answer through
+    them) was most of the manager's time per call. Anything else (a task error, a worker's
+    death, an answer that does not unpickle) goes the general way: reading :attr:`job` turns the
+    call into a real job first (``adopt``, the manager's), which from then on is the job.
+    """
+
+    def __init__(self, call: Call, cost: float, adopt: Callable[[CallChunk], Job]) -> None:
+        self.call = call
+        self.cost = cost  # the function's learned seconds per call, when it was sent
+        self.on_the_way = False  # written to a worker's outbox (in flight, for ``adopt``)
+        self.sent_at = 0.0  # when (time.monotonic()), for the call's statistics
+        self._adopt = adopt
+        self._job: Job | None = None
+        super().__init__(None, 0, [call.item], isolated=False)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = self._adopt(self)
+        return self._job
+
+    @job.setter
+    def job(self, value: Job | None) -> None:
+        self._job = value
+
+    @property
+    def adopted(self) -> bool:
+        """Whether the call became a job (a failure, or a crash, took it the general way)."""
+        return self._job is not None
+
+
 def release(chunk: Chunk) -> None:
     """Forget a chunk's packed form, freeing shared memory a dead worker never consumed."""
     if chunk.segments:

@@ -52,7 +52,15 @@ from typing import Any
 
 from allcores import errors as _errors
 from allcores._engine import collector, processes, recording, serialization, shm
-from allcores._engine.jobs import Call, Chunk, Job, add_note, attach_traceback, release
+from allcores._engine.jobs import (
+    Call,
+    CallChunk,
+    Chunk,
+    Job,
+    add_note,
+    attach_traceback,
+    release,
+)
 from allcores._engine.messages import (
     BatchDone,
     ChunkDone,
@@ -64,8 +72,9 @@ from allcores._engine.messages import (
     TaskError,
 )
 from allcores._engine.processes import WorkerHandle
-from allcores._engine.recording import Recorder, Span
+from allcores._engine.recording import CallRecord, Recorder, Span
 from allcores._engine.scheduler import (
+    COST_SMOOTHING,
     Verdict,
     admit,
     batch_limit,
@@ -73,6 +82,7 @@ from allcores._engine.scheduler import (
     blame,
     describe_exit,
     has_room,
+    may_queue,
     prefetch_budget,
     should_recycle,
 )
@@ -169,6 +179,7 @@ class Manager:
         self._commands: collections.deque[Command] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False
+        os.set_blocking(self._wake_r, False)  # drained to the end, see _drain_wake
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
@@ -369,7 +380,6 @@ class Manager:
         self._wake_pending = False
 
     def _take_commands(self) -> None:
-        os.set_blocking(self._wake_r, False)
         while self._commands:
             command = self._commands.popleft()
             if isinstance(command, Submit):
@@ -428,16 +438,19 @@ class Manager:
             sent = False
             for handle in sorted(self._handles.values(), key=lambda h: len(h.messages)):
                 queued = self._queued_seconds(handle)
-                if not self._has_room(handle, queued):
+                room = self._has_room(handle, queued)
+                heavy_room = (not room and self._heavy_head()
+                              and self._has_room(handle, queued, heavy_tail=True))
+                if not room and not heavy_room:
                     continue
                 if not admit(in_flight, available, self.memory_reserve):
                     self._held_back = True  # rechecked on a short timer, see _next_timer
                     return
-                chunk = self._next_chunk_for(handle, queued)
+                chunk = self._next_chunk_for(handle, queued, room, heavy_room)
                 if chunk is None:
                     continue
                 batch = self._gather(handle, chunk, queued)
-                if len(batch) == 1:
+                if len(batch) == 1 and not _light(chunk):
                     self._send(handle, chunk, now)
                 else:
                     self._send_batch(handle, batch, now)
@@ -448,6 +461,8 @@ class Manager:
     def _prepare_ahead(self) -> None:
         """Cut and pack the next chunk while every worker is busy, so a worker that finishes
         gets it at once: for big arguments the packing costs as much as the work."""
+        if self._feedable and isinstance(self._feedable[0], Call):
+            return  # apply_async, submit: sent in batches, packed then
         job = self._head()
         if job is None:
             return
@@ -480,7 +495,8 @@ class Manager:
             self._memory_read_at = now
         return self._memory_available
 
-    def _has_room(self, handle: WorkerHandle, queued: float | None) -> bool:
+    def _has_room(self, handle: WorkerHandle, queued: float | None,
+                  heavy_tail: bool = False) -> bool:
         lifespan_left = None
         if self.max_tasks_per_child is not None:
             queued_items = sum(len(c.items) for c in handle.in_flight)
@@ -489,9 +505,11 @@ class Manager:
         return has_room(
             chunks=len(handle.messages),
             queued_seconds=queued,
-            running_timed=running is not None and running.job.item_timeout is not None,
+            running_timed=(running is not None and not _light(running)
+                           and running.job.item_timeout is not None),
             lifespan_left=lifespan_left,
             accepting=not (handle.retiring or handle.stopping or handle.timed_out is not None),
+            heavy_tail=heavy_tail,
         )
 
     @staticmethod
@@ -513,11 +531,31 @@ class Manager:
             if known is not None:
                 job.sizer.cost = known
 
-    def _in_tail(self, job: Job) -> bool:
+    def _heavy_head(self) -> bool:
+        """Whether the job at the head of the queue is a heavy-tailed map (only then is a busy
+        worker without room by the horizon worth offering its heavy tail's one chunk)."""
+        head = self._feedable[0] if self._feedable else None
+        return isinstance(head, Job) and head.sizer.peak > head.sizer.target_seconds
+
+    @staticmethod
+    def _remaining(job: Job) -> int | None:
         if job.total is None:
+            return None
+        return job.total - job.next_index + sum(len(c.items) for c in job.pending)
+
+    def _may_queue(self, job: Job, room: bool, heavy_room: bool) -> bool:
+        """Whether ``job``'s next chunk may wait behind a busy worker's work, where the worker
+        has ``room`` (the prefetch horizon) or ``heavy_room`` (a heavy tail's one chunk)."""
+        timed = job.item_timeout is not None
+        if job.total == 1:
+            tiny = batchable(items=1, cost=job.sizer.cost, timed=timed, isolated=False)
+            return room and may_queue(learned=job.sizer.learned, timed=timed, tail=True,
+                                      tiny_call=tiny)
+        remaining = self._remaining(job)
+        if not (heavy_room if job.sizer.in_heavy_tail(remaining) else room):
             return False
-        remaining = job.total - job.next_index + sum(len(c.items) for c in job.pending)
-        return job.sizer.in_tail(remaining)
+        return may_queue(learned=job.sizer.learned, timed=timed,
+                         tail=job.sizer.in_tail(remaining))
 
     def _head(self) -> Job | None:
         """The job at the head of the queue; a waiting one-item Call becomes its Job here."""
@@ -551,7 +589,8 @@ class Manager:
     def _pop_feedable(self) -> None:
         self._queued.discard(self._feedable.popleft())
 
-    def _next_chunk_for(self, handle: WorkerHandle, queued: float | None) -> Chunk | None:
+    def _next_chunk_for(self, handle: WorkerHandle, queued: float | None, room: bool = True,
+                        heavy_room: bool = False) -> Chunk | None:
         # Whether anything may wait in this worker's pipe behind its current work is mostly a
         # property of the worker: decide it once, not once per waiting job.
         busy = bool(handle.messages)
@@ -560,6 +599,18 @@ class Manager:
         budget = prefetch_budget(queued) if busy and queued is not None else None
         skipped = 0  # jobs passed over for now
         while self._feedable and skipped < min(len(self._feedable), DISPATCH_SCAN_JOBS):
+            head = self._feedable[0]
+            if isinstance(head, Call):
+                cost = self._light_cost(head)
+                if cost is not None and busy and not room:
+                    self._feedable.rotate(-1)  # tiny calls wait only within the horizon
+                    skipped += 1
+                    continue
+                if cost is not None:  # a tiny call: it goes as it is (see jobs.CallChunk)
+                    light = self._take_call(head, cost)
+                    if light is not None:
+                        return light
+                    continue
             job = self._head()
             if job is None:
                 break
@@ -568,15 +619,9 @@ class Manager:
                 self._settle(job)
                 continue
             self._learn(job)
-            if (
-                not job.can_feed()  # back-pressured: the caller has not taken its results
-                # a timed item runs alone, so its clock is honest
-                or (busy and job.item_timeout is not None)
-                # in a map's tail, chunks go only to idle workers (W3b's heavy last items)
-                or (busy and self._in_tail(job))
-                # one probe per worker until the job's cost is known
-                or (busy and not job.sizer.learned)
-            ):
+            if not job.can_feed() or (busy and not self._may_queue(job, room, heavy_room)):
+                # back-pressured (the caller has not taken its results), or not allowed to
+                # wait behind a busy worker's work (scheduler.may_queue says when)
                 self._feedable.rotate(-1)
                 skipped += 1
                 continue
@@ -587,10 +632,14 @@ class Manager:
         return None
 
     def _chunk_seconds(self, chunk: Chunk) -> float | None:
+        if _light(chunk):
+            return chunk.cost  # type: ignore[attr-defined]
         cost = chunk.job.sizer.cost
         return None if cost is None else cost * len(chunk.items)
 
     def _batchable(self, chunk: Chunk) -> bool:
+        if _light(chunk):
+            return True  # _light_cost said so when it was taken
         job = chunk.job
         return (
             job.total == 1
@@ -615,8 +664,20 @@ class Manager:
         )
         batch = [first]
         seconds = self._chunk_seconds(first) or 0.0
-        self._drop_sent(first.job)
+        if not _light(first):
+            self._drop_sent(first.job)
         while len(batch) < limit and self._feedable:
+            head = self._feedable[0]
+            if isinstance(head, Call):
+                cost = self._light_cost(head)
+                if cost is not None:
+                    if seconds + cost > seconds_left:
+                        break
+                    light = self._take_call(head, cost)
+                    if light is not None:
+                        batch.append(light)
+                        seconds += cost
+                    continue
             job = self._head()
             if job is None:
                 break
@@ -640,6 +701,95 @@ class Manager:
             seconds += cost
             self._drop_sent(job)
         return batch
+
+    def _light_cost(self, call: Call) -> float | None:
+        """The learned cost of ``call``'s function if the call may be sent without a job (see
+        jobs.CallChunk): untimed, and tiny enough to be batched; None otherwise."""
+        if not call.fn_cached or call.options.item_timeout is not None:
+            return None
+        cost = self._function_costs.get(call.fn_id)
+        if not batchable(items=1, cost=cost, timed=False, isolated=False):
+            return None
+        return cost
+
+    def _take_call(self, call: Call, cost: float) -> CallChunk | None:
+        """Take ``call`` off the head of the queue as a :class:`CallChunk` to send; None when
+        it needs no sending (it failed while it waited, or its future was cancelled)."""
+        self._pop_feedable()
+        if call.finished:
+            self._jobs.discard(call)
+            return None
+        if call.on_dispatch is not None and not call.on_dispatch():
+            # A future cancelled before it started: it counts as done, nothing runs.
+            self._jobs.discard(call)
+            call.finished = True
+            try:
+                call.sink.finish([])
+            except BaseException as exc:
+                self._call_broke(call, exc)
+            return None
+        return CallChunk(call, cost, self._adopt)
+
+    def _adopt(self, chunk: CallChunk) -> Job:
+        """The job a :class:`CallChunk`'s call becomes when it leaves the light way (an error,
+        a crash, an answer that will not unpickle): its one item already cut, and in flight
+        while the chunk is."""
+        call = chunk.call
+        job = call.job()
+        job.next_index = 1
+        job.exhausted = True
+        if chunk.on_the_way:
+            job.in_flight = 1
+            job.in_flight_items = 1
+        job.retrying = self._retrying
+        if self.recorder is not None:
+            job.recorder = self.recorder
+            self.recorder.call_started(job.record)
+        self._jobs.discard(call)
+        if call.finished:  # failed meanwhile (the pool stopping): nothing more to do for it
+            job.finished = True
+        else:
+            self._jobs.add(job)
+        return job
+
+    def _settle_call(self, handle: WorkerHandle, chunk: CallChunk, value: Any, seconds: float,
+                     started: float, load: float, cpu: float, rss: int, now: float) -> None:
+        """A tiny call's part of a batch succeeded: settle it on its sink, no job needed."""
+        call = chunk.call
+        self._jobs.discard(call)
+        if call.finished:
+            return  # failed while it ran (the pool stopping, cancelled)
+        call.finished = True
+        known = self._function_costs.get(call.fn_id)
+        if known is not None:  # what a job's sizer would have learned, without the job
+            self._function_costs[call.fn_id] = known + COST_SMOOTHING * (seconds - known)
+        record = CallRecord(next(Job._ids), call.function, call.workers)
+        record.created = chunk.sent_at
+        call.sink.record = record
+        if self.recorder is not None:
+            self.recorder.call_started(record)
+            end = started + seconds
+            self.recorder.chunk(record, Span(
+                handle.slot, record.job, started, end, 1, seconds, load, max(0.0, now - end), 1,
+                rss, cpu,
+            ), 0.0)
+        record.ended = now
+        try:
+            call.sink.deliver([value])
+            call.sink.finish([])
+        except BaseException as exc:
+            self._call_broke(call, exc)
+
+    @staticmethod
+    def _call_broke(call: Call, exc: BaseException) -> None:
+        """Settling ``call`` raised: fail that call alone (see _job_broke)."""
+        error = _errors.InternalError(f"handling the result of this call raised {exc!r}")
+        error.__cause__ = exc
+        try:
+            call.sink.fail(error)
+        except BaseException:
+            pass
+        call.finished = True
 
     def _drop_sent(self, job: Job) -> None:
         """Take ``job`` off the head of the queue once its last chunk is cut (it is not finished:
@@ -697,12 +847,20 @@ class Manager:
         parts = []
         functions = []
         for chunk in batch:
-            job = chunk.job
-            parts.append((job.fn_id, job.mode))
-            if job.fn_id not in handle.known_functions:
-                handle.known_functions.add(job.fn_id)
-                functions.append((job.fn_id, job.fn_blob))
-            job.sent(chunk, now)
+            if _light(chunk):
+                assert isinstance(chunk, CallChunk)
+                call = chunk.call
+                fn_id, mode, blob = call.fn_id, call.mode, call.fn_blob
+                chunk.on_the_way = True
+                chunk.sent_at = now
+            else:
+                job = chunk.job
+                fn_id, mode, blob = job.fn_id, job.mode, job.fn_blob
+                job.sent(chunk, now)
+            parts.append((fn_id, mode))
+            if fn_id not in handle.known_functions:
+                handle.known_functions.add(fn_id)
+                functions.append((fn_id, blob))
         forget = tuple(handle.forget)
         handle.forget.clear()
         message = RunBatch(next(self._chunk_ids), tuple(parts), tuple(functions), payload, forget)
@@ -768,15 +926,23 @@ class Manager:
             return  # not an answer to a chunk (an InitFailed that would not unpickle)
         count, _ = handle.messages.popleft()
         chunks = [handle.in_flight.popleft() for _ in range(count)]
-        for chunk in chunks:
-            chunk.job.returned(chunk)
         now = time.monotonic()
+        # (part, chunk) of the answer that go the general way, through their jobs.
+        parts: list[tuple[int, Chunk]] = list(enumerate(chunks))
+        if isinstance(message, BatchDone) and message.load_error is None:
+            try:
+                parts = self._settle_calls(handle, parts, message, now)
+            except BaseException:  # a malformed answer: the general way reports it
+                pass
+        for _, chunk in parts:
+            chunk.job.returned(chunk)
+        answers: list[tuple[Chunk, Any]]
         if isinstance(message, BatchDone):
             try:
-                answers = self._split_batch(handle, chunks, message)
+                answers = self._split_batch(handle, parts, message)
             except BaseException as exc:
                 answers = []
-                for chunk in chunks:
+                for _, chunk in parts:
                     self._job_broke(chunk.job, exc)
         elif isinstance(message, BaseException) and len(chunks) > 1:
             # A batch's answer would not unpickle: one of its results is odd, but which? Each
@@ -795,7 +961,7 @@ class Manager:
                 self._answered(handle, chunk, answer, now)
             except BaseException as exc:
                 self._job_broke(chunk.job, exc)
-        for chunk in chunks:
+        for _, chunk in parts:
             self._settle(chunk.job)
         if not handle.retiring and should_recycle(
             handle.items_done, self.max_tasks_per_child, handle.last_rss, self.max_memory
@@ -803,35 +969,66 @@ class Manager:
             handle.retiring = True
             if self.recorder is not None:
                 reason = _recycle_reason(handle, self.max_tasks_per_child, self.max_memory)
-                self.recorder.incident("recycle", handle.slot, chunks[-1].job.record, reason)
+                last = chunks[-1]
+                record = None if _light(last) else last.job.record
+                self.recorder.incident("recycle", handle.slot, record, reason)
         if handle.retiring and not handle.in_flight and not handle.stopping:
             self._send_stop(handle)
 
+    def _settle_calls(
+        self, handle: WorkerHandle, parts: list[tuple[int, Chunk]], message: BatchDone,
+        now: float,
+    ) -> list[tuple[int, Chunk]]:
+        """Settle the parts of a batch's answer that are tiny calls sent without a job and
+        succeeded (jobs.CallChunk); the others, which go the general way."""
+        failed = {err.offset for err in message.errors}
+        share = 1 / max(1, len(message.seconds))
+        load, cpu = message.load_seconds * share, message.cpu_seconds * share
+        started = message.started  # the parts ran one after another from here
+        rest = []
+        settled = 0
+        for part, chunk in parts:
+            seconds = message.seconds[part]
+            if _light(chunk) and part not in failed:
+                assert isinstance(chunk, CallChunk)
+                self._settle_call(handle, chunk, message.values[part], seconds, started, load,
+                                  cpu, message.rss, now)
+                settled += 1
+            else:
+                rest.append((part, chunk))
+            started += seconds
+        if settled:
+            self._crashes_in_a_row = 0
+            handle.items_done += settled
+            handle.last_rss = message.rss
+        return rest
+
     @staticmethod
     def _split_batch(
-        handle: WorkerHandle, chunks: list[Chunk], message: BatchDone
-    ) -> list[tuple[Chunk, ChunkDone]]:
-        """One ChunkDone per part of a batch's answer, so each job takes its own."""
+        handle: WorkerHandle, parts: list[tuple[int, Chunk]], message: BatchDone
+    ) -> list[tuple[Chunk, Any]]:
+        """One ChunkDone per ``(part, chunk)`` of a batch's answer, so each job takes its own."""
         handle.last_rss = message.rss
+        if not parts:
+            return []
         if message.load_error is not None:
-            for chunk in reversed(chunks):  # each alone, where its own error is reported
+            for _, chunk in reversed(parts):  # each alone, where its own error is reported
                 if not chunk.job.finished:
                     chunk.job.isolate(chunk)
             return []
         errors: dict[int, tuple[TaskError, ...]] = {}
         for err in message.errors:
             errors[err.offset] = (TaskError(0, err.error, err.traceback),)
-        answers = []
-        started = message.started  # the parts ran one after another from here
-        share = 1 / max(1, len(chunks))
+        # the parts ran one after another from message.started
+        starts = list(itertools.accumulate(message.seconds, initial=message.started))
+        share = 1 / max(1, len(message.seconds))
         load, cpu = message.load_seconds * share, message.cpu_seconds * share
-        for part, chunk in enumerate(chunks):
-            seconds = message.seconds[part]
+        answers: list[tuple[Chunk, Any]] = []
+        for part, chunk in parts:
             answers.append((chunk, ChunkDone(
-                message.batch_id, [message.values[part]], errors.get(part, ()), 1, seconds,
-                message.rss, None, started, load, cpu,
+                message.batch_id, [message.values[part]], errors.get(part, ()), 1,
+                message.seconds[part], message.rss, None, starts[part], load, cpu,
             )))
-            started += seconds
         return answers
 
     def _answered(self, handle: WorkerHandle, chunk: Chunk, message: Any, now: float) -> None:
@@ -1164,6 +1361,11 @@ class Manager:
             command = self._commands.popleft()
             if isinstance(command, Submit):
                 command.job.fail(error)
+
+
+def _light(chunk: Chunk) -> bool:
+    """Whether ``chunk`` is a tiny call on its way without a job (see jobs.CallChunk)."""
+    return type(chunk) is CallChunk and not chunk.adopted
 
 
 def _recycle_reason(handle: WorkerHandle, max_tasks: int | None, max_memory: int | None) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "describe_exit",
     "has_room",
     "in_tail",
+    "may_queue",
     "prefetch_budget",
     "should_recycle",
 ]
@@ -47,14 +48,24 @@ COST_SMOOTHING = 0.5
 # A map is heavy-tailed once one item (a chunk's per-item average) took longer than the chunk
 # target: the smoothed cost then says little about the next item, which may be one of those.
 # Its tail starts when the work left per worker (at the mean cost so far: the smoothed cost
-# jumps with each heavy item) is under this many of its costliest items. There chunks carry at most
-# ``MIN_CHUNK_SECONDS`` of smoothed cost (one item for W3) and go only to idle workers, so no
-# chunk ever holds two heavy items, and none waits queued behind a heavy one, where the end of
-# the map is decided. Measured in tests/_simulation.py over 200 seeds of W3: 4 left a worst seed
-# of 1.80x (a queued item stranded behind a 200 ms one), 8 gives 1.83x, the same as one item at
-# a time without any round trip (1.85x); the price, a round trip per item in the tail, is under
-# 2% of W3 at a 0.2 ms round trip.
+# jumps with each heavy item) is under this many of its costliest items. There chunks carry at
+# most ``MIN_CHUNK_SECONDS`` of smoothed cost (one item for W3), so no chunk holds two heavy
+# items (measured in tests/_simulation.py over 200 seeds of W3: 4 left a worst seed of 1.80x,
+# 8 gives 1.83x).
 HEAVY_TAIL_PEAKS = 8
+# In a heavy tail one such small chunk may wait in a busy worker's pipe (whatever the smoothed
+# cost says: it means little there), so a worker that finishes starts its next item at once
+# instead of idling a round trip per item; until the work left per worker is under this many
+# of the costliest items (its end), where chunks go only to idle workers, so none waits behind
+# a heavy item while another worker runs dry. What a heavy item can strand before the end is one
+# small chunk, which the other workers' remaining work covers. On real processes a round trip
+# is far from free: each wakes the manager and a worker on cores the workers share, about
+# 1 ms in all on a two-core VM; W3 over 200 simulated seeds at a 1 ms one-way latency: 1.76x
+# mean, 1.64x worst when every item of the tail waited for its round trip, 1.88x / 1.78x with
+# one queued (at 0.1 ms: 1.93x / 1.83x before, 1.94x / 1.85x after).
+HEAVY_END_PEAKS = 4
+# Chunks in a worker's pipe at most (the running one included) while a heavy tail queues.
+HEAVY_QUEUE_CHUNKS = 2
 
 
 class ChunkSizer:
@@ -65,8 +76,9 @@ class ChunkSizer:
     ``TARGET_CHUNK_SECONDS``, caps it by guided scheduling when the number of remaining items is
     known, and starts with one-item probes while nothing is known yet. It also keeps the
     overall mean and the costliest item seen (``peak``): once one item took longer than the
-    target, the map is heavy-tailed and its tail (:meth:`in_heavy_tail`) runs in small chunks
-    sent only to idle workers, so a late chunk never holds two heavy items.
+    target, the map is heavy-tailed and its tail (:meth:`in_heavy_tail`) runs in small chunks,
+    one of which may wait behind a busy worker's until the tail's end (:meth:`in_heavy_end`),
+    where they go only to idle workers: a late chunk never holds two heavy items.
 
     >>> s = ChunkSizer(workers=2)
     >>> s.next_size(remaining=1000)
@@ -132,17 +144,25 @@ class ChunkSizer:
         >>> s.in_heavy_tail(remaining=1000)
         False
         """
+        return self._heavy_left(remaining, HEAVY_TAIL_PEAKS)
+
+    def in_heavy_end(self, remaining: int | None) -> bool:
+        """Whether a heavy-tailed map is at the end of its tail: the work left per worker is
+        under ``HEAVY_END_PEAKS`` of its costliest items (chunks go only to idle workers)."""
+        return self._heavy_left(remaining, HEAVY_END_PEAKS)
+
+    def _heavy_left(self, remaining: int | None, peaks: float) -> bool:
         if remaining is None or self.cost is None or self.peak <= self.target_seconds:
             return False
         mean = self.seconds_seen / self.items_seen if self.items_seen else self.cost
-        return remaining * mean < HEAVY_TAIL_PEAKS * self.peak * self.workers
+        return remaining * mean < peaks * self.peak * self.workers
 
     def in_tail(self, remaining: int | None) -> bool:
-        """Whether chunks of a map with ``remaining`` items left go only to idle workers: in
-        its heavy tail, or in the tail :func:`in_tail` gives by chunk count."""
+        """Whether chunks of a map with ``remaining`` items left go only to idle workers: at
+        the end of its heavy tail, or in the tail :func:`in_tail` gives by chunk count."""
         if remaining is None:
             return False
-        if self.in_heavy_tail(remaining):
+        if self.in_heavy_end(remaining):
             return True
         return in_tail(remaining, self.next_size(remaining) or 1, self.workers)
 
@@ -215,6 +235,7 @@ def has_room(
     running_timed: bool = False,
     lifespan_left: int | None = None,
     accepting: bool = True,
+    heavy_tail: bool = False,
 ) -> bool:
     """Whether a worker may be sent one more chunk now.
 
@@ -222,7 +243,10 @@ def has_room(
     work they are expected to take (None while one's cost is unknown: a probe runs alone);
     ``running_timed`` whether a timed item runs (it runs alone, so its clock is honest);
     ``lifespan_left`` the items it may still take under ``maxtasksperchild`` (None: no limit);
-    ``accepting`` False once it retires, stops or was killed for a timeout.
+    ``accepting`` False once it retires, stops or was killed for a timeout. ``heavy_tail``:
+    the chunk belongs to a map in its heavy tail (``ChunkSizer.in_heavy_tail``), where one small
+    chunk may wait behind the running one whatever the expected seconds say
+    (``HEAVY_QUEUE_CHUNKS``).
 
     >>> has_room(chunks=0, queued_seconds=None)
     True
@@ -239,7 +263,31 @@ def has_room(
         return True
     if running_timed or chunks >= PREFETCH_MAX_CHUNKS or queued_seconds is None:
         return False
+    if heavy_tail:
+        return chunks < HEAVY_QUEUE_CHUNKS
     return queued_seconds < PREFETCH_HORIZON_SECONDS
+
+
+def may_queue(*, learned: bool, timed: bool, tail: bool, tiny_call: bool = False) -> bool:
+    """Whether a job's next chunk may wait in a busy worker's pipe (where :func:`has_room` says
+    that worker has room), rather than only go to an idle worker.
+
+    ``learned``: the job's per-item cost is known (a probe runs alone); ``timed``: its items
+    have a timeout (a timed item runs alone, so its clock is honest); ``tail``: the map is in
+    its tail (``ChunkSizer.in_tail``), where a chunk queued behind an unexpectedly long item
+    would wait while another worker runs dry; ``tiny_call``: a one-item call (apply_async,
+    submit) whose learned cost is under ``BATCH_TARGET_SECONDS``. A one-item call is always
+    "in its tail" by count, yet the calls queued after it are the pool's real backlog: queuing
+    a batch of tiny calls behind a busy worker's tiny work is what saves their round trips.
+
+    >>> may_queue(learned=True, timed=False, tail=True)
+    False
+    >>> may_queue(learned=True, timed=False, tail=True, tiny_call=True)
+    True
+    """
+    if timed or not learned:
+        return False
+    return tiny_call or not tail
 
 
 def prefetch_budget(queued_seconds: float) -> float:

@@ -116,18 +116,13 @@ def _run(fn: Any, items: list, mode: int, stop_on_error: bool):
     return values, errors
 
 
-def _encode_done(done: ChunkDone) -> bytes:
-    try:
-        return shm.pack(done)[0]  # big results (arrays) go through shared memory
-    except BaseException:  # a __reduce__ may even raise SystemExit: that result fails alone
-        pass
-    # Some value cannot be pickled: find which, and fail only those items.
-    values = list(done.values)
-    errors = list(done.errors)
+def _unpicklable_values(values: list, errors: list[TaskError]) -> None:
+    """Replace each value of ``values`` that cannot be pickled by None and an error in
+    ``errors`` (at its offset), so only those items fail; ``errors`` ends sorted."""
     for offset, value in enumerate(values):
         try:
             serialization.dumps(value)
-        except BaseException as exc:
+        except BaseException as exc:  # a __reduce__ may even raise SystemExit
             values[offset] = None
             hint = serialization.pickling_hint("the result", value, exc)
             err = _errors.ResultPicklingError(
@@ -138,6 +133,17 @@ def _encode_done(done: ChunkDone) -> bytes:
             )
             errors.append(TaskError(offset, err, ""))
     errors.sort(key=lambda e: e.offset)
+
+
+def _encode_done(done: ChunkDone) -> bytes:
+    try:
+        return shm.pack(done)[0]  # big results (arrays) go through shared memory
+    except BaseException:  # a __reduce__ may even raise SystemExit: that result fails alone
+        pass
+    # Some value cannot be pickled: find which, and fail only those items.
+    values = list(done.values)
+    errors = list(done.errors)
+    _unpicklable_values(values, errors)
     fixed = ChunkDone(done.chunk_id, values, tuple(errors), done.ran, done.seconds, done.rss,
                       None, done.started, done.load_seconds, done.cpu_seconds)
     return shm.pack(fixed)[0]
@@ -147,19 +153,11 @@ def _encode_batch(done: BatchDone) -> bytes:
     """Like :func:`_encode_done`, for a batch: a value that cannot be pickled fails its part."""
     try:
         return shm.pack(done)[0]
-    except Exception:
+    except BaseException:  # as for a chunk: the part whose value will not pickle fails alone
         pass
     values = list(done.values)
     errors = list(done.errors)
-    for part, value in enumerate(values):
-        try:
-            serialization.dumps(value)
-        except Exception as exc:
-            values[part] = None
-            hint = serialization.pickling_hint("the result", value, exc)
-            err = _errors.ResultPicklingError(hint + " Return plain data from the task instead.")
-            errors.append(TaskError(part, err, ""))
-    errors.sort(key=lambda e: e.offset)
+    _unpicklable_values(values, errors)
     fixed = BatchDone(done.batch_id, values, tuple(errors), done.seconds, done.rss, None,
                       done.started, done.load_seconds, done.cpu_seconds)
     return shm.pack(fixed)[0]
