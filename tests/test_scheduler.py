@@ -196,6 +196,7 @@ from allcores._engine.scheduler import (  # noqa: E402
     blame,
     has_room,
     in_tail,
+    may_queue,
     prefetch_budget,
 )
 
@@ -249,8 +250,9 @@ def test_tail_is_a_few_chunks_per_worker_of_a_known_length():
 def test_a_heavy_tail_runs_in_small_chunks_sent_only_to_idle_workers():
     """Once one item took longer than the chunk target, the smoothed cost says little about the
     next item: in the map's tail (the work left per worker under HEAVY_TAIL_PEAKS of the
-    costliest items) a chunk carries at most MIN_CHUNK_SECONDS of smoothed cost and nothing is
-    queued behind a busy worker, so no late chunk holds two heavy items or waits behind one."""
+    costliest items) a chunk carries at most MIN_CHUNK_SECONDS of smoothed cost, and at its end
+    (under HEAVY_END_PEAKS) nothing is queued behind a busy worker, so no late chunk holds two
+    heavy items or waits behind one."""
     sizer = ChunkSizer(workers=2)
     for _ in range(50):
         sizer.observe(items=1, seconds=0.0002)
@@ -304,3 +306,37 @@ def test_blame_verdicts():
     assert blame(items=5) == Verdict.ISOLATE
     assert blame(items=1, parts=3) == Verdict.ISOLATE
     assert blame(items=1, timed_out=True) == Verdict.TIMEOUT
+
+
+def test_a_heavy_tail_queues_one_small_chunk_until_its_end():
+    """In a heavy tail one small chunk may wait behind a busy worker's (whatever the expected
+    seconds, which mean little there), so the worker does not idle a round trip per item; at
+    the tail's end chunks go only to idle workers."""
+    from allcores._engine.scheduler import HEAVY_END_PEAKS, HEAVY_QUEUE_CHUNKS, HEAVY_TAIL_PEAKS
+
+    assert HEAVY_END_PEAKS < HEAVY_TAIL_PEAKS
+    # The horizon would say no (20 ms queued); the heavy tail's rule says one chunk may wait.
+    assert not has_room(chunks=1, queued_seconds=0.020)
+    assert has_room(chunks=1, queued_seconds=0.020, heavy_tail=True)
+    assert not has_room(chunks=HEAVY_QUEUE_CHUNKS, queued_seconds=0.0, heavy_tail=True)
+    assert not has_room(chunks=1, queued_seconds=None, heavy_tail=True)  # a probe runs alone
+    assert not has_room(chunks=1, queued_seconds=0.0, running_timed=True, heavy_tail=True)
+    sizer = ChunkSizer(workers=2)
+    for _ in range(20):
+        sizer.observe(items=1, seconds=0.003)
+    sizer.observe(items=1, seconds=0.2)
+    # 150 items at the mean (~12 ms): in the tail (< 8 peaks per worker), not at its end (4).
+    assert sizer.in_heavy_tail(150) and not sizer.in_heavy_end(150)
+    assert not sizer.in_tail(150)
+    assert sizer.in_heavy_end(20) and sizer.in_tail(20)
+    assert not sizer.in_heavy_end(None)
+
+
+def test_may_queue_keeps_probes_and_timed_items_alone_and_lets_tiny_calls_wait():
+    assert not may_queue(learned=False, timed=False, tail=False)  # a probe
+    assert not may_queue(learned=True, timed=True, tail=False)  # its clock must be honest
+    assert may_queue(learned=True, timed=False, tail=False)
+    assert not may_queue(learned=True, timed=False, tail=True)
+    # One-item calls are always in a tail by count; tiny ones may still wait (their backlog).
+    assert may_queue(learned=True, timed=False, tail=True, tiny_call=True)
+    assert not may_queue(learned=True, timed=True, tail=True, tiny_call=True)
