@@ -4,7 +4,7 @@ No process, no clock, no pipe: ``simulate`` plays one map of items with given co
 on ``workers`` simulated workers, with a given one-way pipe latency, and returns when each
 answer came back. Every decision is made by the same pure code the manager calls
 (``allcores._engine.scheduler``): chunk sizes (``ChunkSizer``), whether a worker has room
-(``has_room``), the tail rule (``ChunkSizer.in_tail``, ``may_queue``) and how much a queued
+(``has_room``), the tail rule (``ChunkSizer.idle_only``, ``may_queue``) and how much a queued
 chunk may carry (``prefetch_budget``). What is simulated here is only the loop around them, the same as
 ``Manager._dispatch`` / ``_next_chunk_for``: every round, idlest worker first, one message per
 worker, again while anything was sent; a busy worker is offered nothing in a map's tail and no
@@ -111,7 +111,7 @@ def simulate(
                 if not room(chunks=len(w.queue), queued_seconds=queued, heavy_tail=heavy):
                     continue  # past the horizon (a heavy tail: one chunk already waits)
                 if busy and (queued is None or not may_queue(
-                    learned=sizer.learned, timed=False, tail=sizer.in_tail(known),
+                    learned=sizer.learned, timed=False, tail=sizer.idle_only(known),
                 )):
                     continue  # a probe runs alone; at a tail's end, only idle workers get chunks
                 budget = prefetch_budget(queued) if busy and queued is not None else None

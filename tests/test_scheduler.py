@@ -327,8 +327,8 @@ def test_a_heavy_tail_queues_one_small_chunk_until_its_end():
     sizer.observe(items=1, seconds=0.2)
     # 150 items at the mean (~12 ms): in the tail (< 8 peaks per worker), not at its end (4).
     assert sizer.in_heavy_tail(150) and not sizer.in_heavy_end(150)
-    assert not sizer.in_tail(150)
-    assert sizer.in_heavy_end(20) and sizer.in_tail(20)
+    assert not sizer.idle_only(150) and sizer.in_tail(150)  # (a cluster: free slots only)
+    assert sizer.in_heavy_end(20) and sizer.idle_only(20)
     assert not sizer.in_heavy_end(None)
 
 

@@ -555,7 +555,7 @@ class Manager:
         if not (heavy_room if job.sizer.in_heavy_tail(remaining) else room):
             return False
         return may_queue(learned=job.sizer.learned, timed=timed,
-                         tail=job.sizer.in_tail(remaining))
+                         tail=job.sizer.idle_only(remaining))
 
     def _head(self) -> Job | None:
         """The job at the head of the queue; a waiting one-item Call becomes its Job here."""

@@ -158,8 +158,19 @@ class ChunkSizer:
         return remaining * mean < peaks * self.peak * self.workers
 
     def in_tail(self, remaining: int | None) -> bool:
-        """Whether chunks of a map with ``remaining`` items left go only to idle workers: at
-        the end of its heavy tail, or in the tail :func:`in_tail` gives by chunk count."""
+        """Whether a map with ``remaining`` items left is in its tail: its heavy tail, or the
+        tail :func:`in_tail` gives by chunk count (a cluster's driver cuts a chunk there only
+        for a free slot, see backends/_driver.py)."""
+        if remaining is None:
+            return False
+        if self.in_heavy_tail(remaining):
+            return True
+        return in_tail(remaining, self.next_size(remaining) or 1, self.workers)
+
+    def idle_only(self, remaining: int | None) -> bool:
+        """Whether the local engine sends this map's chunks only to idle workers: at the end
+        of its heavy tail, or in the tail by chunk count. (Before its end, a heavy tail lets
+        one small chunk wait in a busy worker's pipe: ``has_room(heavy_tail=True)``.)"""
         if remaining is None:
             return False
         if self.in_heavy_end(remaining):
