@@ -4,11 +4,11 @@ No process, no clock, no pipe: ``simulate`` plays one map of items with given co
 on ``workers`` simulated workers, with a given one-way pipe latency, and returns when each
 answer came back. Every decision is made by the same pure code the manager calls
 (``allcores._engine.scheduler``): chunk sizes (``ChunkSizer``), whether a worker has room
-(``has_room``), the tail rule (``ChunkSizer.idle_only``, ``may_queue``) and how much a queued
-chunk may carry (``prefetch_budget``). What is simulated here is only the loop around them, the same as
-``Manager._dispatch`` / ``_next_chunk_for``: every round, idlest worker first, one message per
-worker, again while anything was sent; a busy worker is offered nothing in a map's tail and no
-probe.
+(``has_room``), the tail rule (``ChunkSizer.idle_only``, ``may_queue``) and how much a
+queued chunk may carry (``prefetch_budget``). What is simulated here is only the loop around
+them, the same as ``Manager._dispatch`` / ``_next_chunk_for``: every round, idlest worker
+first, one message per worker, again while anything was sent; a busy worker is offered no probe and nothing at a
+map's tail's end, and in a heavy tail before its end one small chunk (``has_room(heavy_tail=)``).
 
 So a change to the policy shows up in ``tests/test_simulation.py`` in milliseconds, on hundreds
 of seeds and cost shapes that a real-process benchmark could never afford.
