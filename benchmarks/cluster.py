@@ -15,6 +15,7 @@ items; a 10 s item under a 1 s timeout among 0.1 s ones.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -260,7 +261,7 @@ def bench_w3b(ray, pool, per_ms: float, rounds: int) -> dict:
         "last_busy_s": stats.busy_seconds if stats else None,
         "last_cpu_s": stats.cpu_seconds if stats else None,
         "last_chunks": stats.chunks if stats else None,
-        "last_losses": stats.losses._asdict() if stats else None,
+        "last_losses": dataclasses.asdict(stats.losses) if stats else None,
     }
 
 
