@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all test-python lint bench clean browser
+.PHONY: demo test test-one test-all test-python lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,23 +31,32 @@ browser:
 			"(install them with: apt-get install -y chromium chromium-driver)"; \
 	fi
 
-# `make test` runs the suite on .venv's Python. `make test-all` then runs it on every other
-# Python that pyproject.toml claims and the machine has (pythonX.Y on PATH, or a pyenv build),
-# each in its own .venv-X.Y made from pyproject.toml; a version the machine lacks is reported in
-# one line and skipped, so a machine with only one Python still runs it.
+# `make test` (what CI runs: .ci/run) is ruff, mypy and the whole suite on .venv's Python, then
+# the whole suite on every other Python that pyproject.toml claims and the machine has
+# (pythonX.Y on PATH, or a pyenv build), each in its own .venv-X.Y made from pyproject.toml (and
+# remade when pyproject.toml changes; .gitignore keeps them out of git). A version the machine
+# lacks is reported in one line and skipped, so a machine with only one Python still passes.
+# The versions run one after another, never at once: the suite times real processes, and
+# its leak check reads all of /dev/shm. `make test-one` is the first part alone (ruff, mypy,
+# the suite on .venv's Python), for a quick run while developing; `make test-python V=3.12`
+# runs the suite on one version.
 SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
 PYENV_ROOT ?= $(HOME)/.pyenv
 
-test: $(STAMP) browser
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m mypy
-	$(PY) -m pytest -q
-
-test-all: test
+test: test-one
 	@done=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	for v in $(SUPPORTED_PYTHONS); do \
 	  [ "$$v" = "$$done" ] || $(MAKE) --no-print-directory test-python V=$$v || exit 1; \
 	done
+
+test-one: $(STAMP) browser
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
+	@echo "== the suite on Python $$($(PY) -c 'import sys; print(sys.version.split()[0])') (.venv)"
+	$(PY) -m pytest -q
+
+# The former name of `make test`, kept for the commands people already type.
+test-all: test
 
 # The suite on one Python: `make test-python V=3.12`.
 test-python:
@@ -62,12 +71,14 @@ test-python:
 	  exit 0; \
 	fi; \
 	if [ ! -f .venv-$(V)/.installed ] || [ pyproject.toml -nt .venv-$(V)/.installed ]; then \
+	  echo "== creating .venv-$(V) from pyproject.toml ($$py)"; \
+	  rm -rf .venv-$(V) && \
 	  "$$py" -m venv .venv-$(V) && \
 	  .venv-$(V)/bin/python -m pip install --quiet --upgrade pip && \
 	  .venv-$(V)/bin/python -m pip install --quiet -e '.[test]' && \
 	  touch .venv-$(V)/.installed || exit 1; \
 	fi; \
-	echo "== the suite on Python $(V) ($$py)"; \
+	echo "== the suite on Python $$(.venv-$(V)/bin/python -c 'import sys; print(sys.version.split()[0])') (.venv-$(V))"; \
 	.venv-$(V)/bin/python -m pytest -q
 
 # Every benchmark script in turn (about 20 minutes on 2 cores); numbers also land in bench-out/.
