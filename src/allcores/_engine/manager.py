@@ -65,6 +65,7 @@ from allcores._engine.messages import (
     BatchDone,
     ChunkDone,
     InitFailed,
+    Ready,
     Recycled,
     RunBatch,
     RunChunk,
@@ -833,6 +834,8 @@ class Manager:
         handle.in_flight.append(chunk)
         handle.messages.append((1, self._chunk_seconds(chunk)))
         job.sent(chunk, now)
+        if not handle.ready:
+            chunk.deadline = None  # its clock starts when the worker is ready (see Ready)
     def _send_batch(self, handle: WorkerHandle, batch: list[Chunk], now: float) -> None:
         """Send single-item chunks of several jobs as one :class:`RunBatch`."""
         try:
@@ -857,6 +860,8 @@ class Manager:
                 job = chunk.job
                 fn_id, mode, blob = job.fn_id, job.mode, job.fn_blob
                 job.sent(chunk, now)
+                if not handle.ready:
+                    chunk.deadline = None  # its clock starts when the worker is ready (Ready)
             parts.append((fn_id, mode))
             if fn_id not in handle.known_functions:
                 handle.known_functions.add(fn_id)
@@ -916,6 +921,15 @@ class Manager:
             message = exc
         if isinstance(message, InitFailed):
             self._initializer_failed(handle, message)
+            return
+        if isinstance(message, Ready):
+            # A timed item sent while the worker was starting runs from now: its start-up
+            # (spawn, the initializer) is not the item's time.
+            handle.ready = True
+            now = time.monotonic()
+            for chunk in handle.in_flight:
+                if chunk.job.item_timeout is not None and chunk.deadline is None:
+                    chunk.deadline = now + chunk.job.item_timeout
             return
         if isinstance(message, Recycled):
             handle.lent.difference_update(message.names)

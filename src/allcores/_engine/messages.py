@@ -124,6 +124,15 @@ class InitFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Ready:
+    """Sent once, when the worker's start-up (its initializer) is over and its loop begins.
+
+    A timed item's clock starts here at the earliest: a replacement worker's start (spawn takes
+    50-100 ms, an initializer as long as it likes) is not the item's running time.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class Recycled:
     """Sent after a :class:`ChunkDone`: shared-memory segments of the chunk's arguments that the
     worker no longer views, which the manager may write the next arguments into."""

@@ -90,6 +90,7 @@ class WorkerHandle:
     write_waiting: bool = False  # the pipe was full: waiting for it to become writable
     inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
     pidfd: int | None = None  # readable once the process has exited (Linux 5.3+)
+    ready: bool = False  # its start-up is over (messages.Ready): timed items' clocks may run
 
     @property
     def pid(self) -> int | None:

@@ -31,6 +31,7 @@ from allcores._engine.messages import (
     BatchDone,
     ChunkDone,
     InitFailed,
+    Ready,
     Recycled,
     RunBatch,
     RunChunk,
@@ -266,6 +267,7 @@ def worker_main(
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             result_conn.send_bytes(serialization.dumps(InitFailed(_portable_error(exc), tb)))
             return
+    result_conn.send_bytes(serialization.dumps(Ready()))  # timed items' clocks may start
 
     threading.Thread(target=_lifeline, args=(task_conn.fileno(),), daemon=True).start()
     functions: dict[int, Any] = {}
