@@ -103,3 +103,20 @@ class HoldsALock(Exception):
 
 def raise_unpicklable(x):
     raise HoldsALock()
+
+
+def set_event_then_sleep(seconds):
+    """Tell the parent this item runs (the initializer's Event), then sleep: a running item."""
+    import time
+
+    (event,) = shared
+    event.set()
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_then_return(seconds, value):
+    import time
+
+    time.sleep(seconds)
+    return value

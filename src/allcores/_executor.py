@@ -8,11 +8,13 @@ executor replaces the worker and stays usable.
 
 from __future__ import annotations
 
+import os
+import signal as _signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import TimeoutError as _FuturesTimeoutError
 from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
@@ -129,7 +131,9 @@ class Executor(_StdExecutor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
-        self._finalizer = weakref.finalize(self, self._engine.terminate)
+        # As ProcessPoolExecutor: an executor collected without shutdown() lets the work
+        # already submitted finish (its futures may still be held), then its workers stop.
+        self._finalizer = weakref.finalize(self, _drain, self._engine)
         _live_executors.add(self)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
@@ -215,6 +219,56 @@ class Executor(_StdExecutor):
         if wait:
             self._engine.join()
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM, as ``ProcessPoolExecutor.terminate_workers()``
+        (Python 3.14) does, on every Python allcores supports.
+
+        The executor shuts down: futures not yet running are cancelled, and those running fail
+        with ``WorkerCrashedError`` (a ``BrokenProcessPool``, as the standard executor's do).
+        Submitting afterwards raises ``RuntimeError``. Use it when work must stop at once, for
+        example a search that has found its answer.
+
+        >>> import allcores
+        >>> ex = allcores.Executor(2)
+        >>> ex.terminate_workers()
+        >>> ex.submit(abs, -1)
+        Traceback (most recent call last):
+        ...
+        allcores.errors.PoolClosedError: cannot schedule new futures after shutdown
+        """
+        self._force_shutdown("terminate_workers()", _signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Like :meth:`terminate_workers`, with SIGKILL (``ProcessPoolExecutor.kill_workers()``,
+        Python 3.14): for workers that may ignore or handle SIGTERM."""
+        self._force_shutdown("kill_workers()", _signal.SIGKILL)
+
+    def _force_shutdown(self, how: str, sig: int) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+            running = []
+            for future in list(self._pending):
+                # what has not started is cancelled (cancel_futures=True, as the stdlib does)
+                if not future.cancel() and not future.done():
+                    running.append(future)
+        for future in running:
+            try:
+                future.set_exception(
+                    _errors.WorkerCrashedError(
+                        f"{how} stopped the worker running this item",
+                        signal_name=_signal.Signals(sig).name,
+                        cause=f"the executor's {how} was called",
+                    )
+                )
+            except InvalidStateError:
+                pass  # its result arrived meanwhile
+        for pid in self._engine.pids():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._engine.terminate()
+
 
 # As ProcessPoolExecutor: when the main thread's code ends, the work already submitted to an
 # executor still open finishes before the interpreter exits (then its workers stop), and
@@ -224,6 +278,21 @@ _live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
 _interpreter_exiting = False
 
 
+# Engines of executors collected without shutdown(): closed, finishing their work; at exit
+# that work finishes too, as the standard executor's does (its manager thread is joined).
+_draining: set[Engine] = set()
+_draining_lock = threading.Lock()
+
+
+def _drain(engine: Engine) -> None:
+    """What a collected executor's finalizer does: let the submitted work finish, then stop."""
+    if not _interpreter_exiting:
+        with _draining_lock:
+            _draining.difference_update([e for e in _draining if not e.alive])
+            _draining.add(engine)
+    engine.close()
+
+
 def _finish_at_exit() -> None:
     global _interpreter_exiting
     _interpreter_exiting = True
@@ -231,6 +300,14 @@ def _finish_at_exit() -> None:
         try:
             executor.shutdown(wait=True)
         except Exception:  # one broken executor must not keep the others' work from finishing
+            pass
+    with _draining_lock:
+        draining = list(_draining)
+        _draining.clear()
+    for engine in draining:
+        try:
+            engine.join()
+        except Exception:
             pass
 
 
