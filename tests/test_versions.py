@@ -191,3 +191,25 @@ def test_the_fork_warning_check_sees_the_standard_pools_warning():
     """The check above can fail: on 3.12+ the same script on multiprocessing.Pool warns."""
     stderr = _fork_warnings("multiprocessing.get_context('fork').Pool")
     assert ("multi-threaded, use of fork()" in stderr) == (sys.version_info >= (3, 12)), stderr
+
+
+def test_python_cpu_count_setting_sets_the_default_workers_as_in_the_standard_pools():
+    """Python 3.13 added PYTHON_CPU_COUNT (and -X cpu_count): the standard pools' default
+    worker count follows it; so does allcores'. Before 3.13 both ignore it."""
+    script = (
+        "import multiprocessing, allcores\n"
+        "with multiprocessing.Pool() as p:\n"
+        "    std = p._processes\n"
+        "with allcores.Pool() as p:\n"
+        "    ours = p._processes\n"
+        "print(std, ours, allcores.cpu_count())\n"
+    )
+    env = {**__import__("os").environ, "PYTHON_CPU_COUNT": "3"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=WAIT, env=env)
+    assert out.returncode == 0, out.stderr
+    std, ours, count = map(int, out.stdout.split())
+    if sys.version_info >= (3, 13):
+        assert std == ours == count == 3
+    else:
+        assert count == allcores.cpu_count()  # the setting does not exist there

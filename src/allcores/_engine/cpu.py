@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["cpu_count"]
@@ -30,17 +31,36 @@ def _cgroup_v1_limit(root: Path) -> float | None:
     return quota / period
 
 
+def _python_override() -> int | None:
+    """Python 3.13's ``-X cpu_count=N`` / ``PYTHON_CPU_COUNT=N``, where one is set: the user's
+    word for how many CPUs to use, which the standard pools follow from 3.13 on."""
+    process_cpu_count = getattr(os, "process_cpu_count", None)
+    if process_cpu_count is None:
+        return None  # before 3.13 neither setting exists, for the standard pools either
+    setting = sys._xoptions.get("cpu_count")
+    if setting is None and not sys.flags.ignore_environment:
+        setting = os.environ.get("PYTHON_CPU_COUNT")
+    if setting is None or setting is True or setting == "default":
+        return None
+    count = process_cpu_count()
+    return None if count is None else max(1, int(count))
+
+
 def cpu_count(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
     """The number of CPUs this process can use; the default number of workers.
 
     Unlike ``os.cpu_count()`` it honours the CPU affinity mask (``taskset``, Slurm, Kubernetes
     cpusets) and a cgroup CPU quota (``docker --cpus=2``), rounding a fractional quota up.
-    Always at least 1.
+    Always at least 1. On Python 3.13+, ``-X cpu_count=N`` or ``PYTHON_CPU_COUNT=N`` sets it,
+    as it sets the standard pools' default (``os.process_cpu_count()``).
 
     >>> import allcores
     >>> allcores.cpu_count() >= 1
     True
     """
+    override = _python_override()
+    if override is not None:
+        return override
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
