@@ -281,15 +281,18 @@ _interpreter_exiting = False
 # Engines of executors collected without shutdown(): closed, finishing their work; at exit
 # that work finishes too, as the standard executor's does (its manager thread is joined).
 _draining: set[Engine] = set()
-_draining_lock = threading.Lock()
 
 
 def _drain(engine: Engine) -> None:
-    """What a collected executor's finalizer does: let the submitted work finish, then stop."""
+    """What a collected executor's finalizer does: let the submitted work finish, then stop.
+
+    It may run in any thread, wherever a collection happens (the manager's own included), so it
+    takes no lock: adding to and discarding from a set are single steps under the GIL.
+    """
     if not _interpreter_exiting:
-        with _draining_lock:
-            _draining.difference_update([e for e in _draining if not e.alive])
-            _draining.add(engine)
+        for done in [e for e in list(_draining) if not e.alive]:
+            _draining.discard(done)
+        _draining.add(engine)
     engine.close()
 
 
@@ -301,9 +304,8 @@ def _finish_at_exit() -> None:
             executor.shutdown(wait=True)
         except Exception:  # one broken executor must not keep the others' work from finishing
             pass
-    with _draining_lock:
-        draining = list(_draining)
-        _draining.clear()
+    draining = list(_draining)
+    _draining.clear()
     for engine in draining:
         try:
             engine.join()
