@@ -87,8 +87,11 @@ def test_terminate_workers_as_the_standard_executor():
 def test_map_buffersize_on_every_version():
     with allcores.Executor(2) as ex:
         assert list(ex.map(t.double, range(20), buffersize=3)) == [2 * i for i in range(20)]
-        with pytest.raises(ValueError, match="buffersize"):
+        # Python 3.14's errors, in its words
+        with pytest.raises(ValueError, match="buffersize must be None or > 0"):
             ex.map(t.double, range(3), buffersize=0)
+        with pytest.raises(TypeError, match="buffersize must be an integer or None"):
+            ex.map(t.double, range(3), buffersize=2.0)
 
 
 @pytest.mark.parametrize("make", [allcores.Executor, ProcessPoolExecutor],

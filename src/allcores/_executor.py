@@ -171,9 +171,10 @@ class Executor(_StdExecutor):
         (adaptive) unless given; ``buffersize`` bounds how many items are read ahead of the
         consumer (the input is always read lazily).
         """
-        if buffersize is not None and (
-            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
-        ):
+        # Python 3.14's checks and words (ProcessPoolExecutor.map), on every version.
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
         if chunksize == "auto" and buffersize is not None:
             chunksize = 1  # buffersize counts items ahead of the consumer: one item a chunk
