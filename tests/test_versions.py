@@ -216,3 +216,33 @@ def test_python_cpu_count_setting_sets_the_default_workers_as_in_the_standard_po
         assert std == ours == count == 3
     else:
         assert count == allcores.cpu_count()  # the setting does not exist there
+
+
+@pytest.mark.parametrize("kind", ["imap", "executor-map"])
+def test_a_call_collected_while_its_pool_lock_is_held_does_not_deadlock(kind):
+    """A garbage collection may run inside any allocation, in the thread that holds the pool's
+    state lock (submit() allocating its command): a collected imap iterator or Executor.map
+    generator then cancels its call from there. Seen on 3.10 and 3.12, where collections fall at
+    other moments than on 3.11, as a hang of the suite."""
+    import threading
+
+    with allcores.Executor(1) if kind == "executor-map" else allcores.Pool(1) as pool:
+        if kind == "imap":
+            call = pool.imap(t.double, range(1000))
+        else:
+            call = pool.map(t.double, range(1000))
+        next(call)
+        cycle: list = [call]
+        cycle.append(cycle)  # only the collector frees it
+        del call, cycle
+        manager = pool._engine._manager
+
+        def collect_holding_the_lock():
+            with manager._state_lock:
+                gc.collect()
+
+        worker = threading.Thread(target=collect_holding_the_lock, daemon=True)
+        worker.start()
+        worker.join(WAIT)
+        assert not worker.is_alive(), "the collection deadlocked on the pool's state lock"
+        assert list(pool.map(t.double, [1, 2])) == [2, 4]  # the pool goes on

@@ -176,7 +176,10 @@ class Manager:
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory = max_memory
         self._state = _RUNNING
-        self._state_lock = threading.Lock()
+        # Reentrant: a finalizer may run inside any allocation of a thread that holds it (an
+        # imap iterator or Executor.map generator collected during submit() wakes the manager
+        # to cancel its call), and a plain Lock then deadlocks that thread against itself.
+        self._state_lock = threading.RLock()
         self._commands: collections.deque[Command] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False
