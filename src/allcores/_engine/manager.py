@@ -931,6 +931,8 @@ class Manager:
             handle.ready = True
             now = time.monotonic()
             for chunk in handle.in_flight:
+                if _light(chunk):
+                    continue  # a tiny call's chunk is never timed (reading .job would adopt it)
                 if chunk.job.item_timeout is not None and chunk.deadline is None:
                     chunk.deadline = now + chunk.job.item_timeout
             return
