@@ -9,7 +9,7 @@ subclasses; nothing else of CPython's runs here (the thread-pool classes test an
 
 Some interpreters ship the standard library without its ``test`` package (the pyenv builds of
 3.11 and 3.12 on our machines do): there the module is skipped and says so; ``make test``
-runs it on every Python found, so it runs wherever one ships it (3.10 and 3.13 here).
+runs it on every supported Python found, so it runs wherever one ships it (3.10 and 3.13 here).
 
 ``EXCLUDED`` lists every test that does not run, each with its one-line reason: a private
 attribute of ProcessPoolExecutor it reads, or a documented, deliberate difference. None hides a
@@ -106,7 +106,7 @@ MODULES = _cpython_modules()
 if not MODULES:
     pytest.skip(
         f"this interpreter (Python {sys.version.split()[0]}) does not ship "
-        "test.test_concurrent_futures; `make test-all` runs the harness on the Pythons that do",
+        "test.test_concurrent_futures; `make test` runs the harness on every supported Python the machine has",
         allow_module_level=True,
     )
 
