@@ -423,7 +423,9 @@ class Manager:
             if not handle.messages:
                 continue
             running = itertools.islice(handle.in_flight, handle.messages[0][0])
-            if any(chunk.job is job for chunk in running):
+            # A tiny call's light chunk has no job until one is asked for (jobs.CallChunk), and
+            # is never the stopped job's: do not make one just to compare.
+            if any(not _light(chunk) and chunk.job is job for chunk in running):
                 processes.kill(handle)
 
     # -- dispatch --------------------------------------------------------------------------
