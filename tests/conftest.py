@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -96,6 +97,19 @@ def _stop_default_pool() -> None:
     if oneliners is not None:
         oneliners.shutdown()
 
+
+
+def pytest_configure(config) -> None:
+    """Give the suite the Ctrl-C a terminal gives, however it was started.
+
+    A command started in the background by a non-interactive shell (``make test &``, some CI
+    runners) inherits SIGINT *ignored*; Python then installs no KeyboardInterrupt handler, and
+    the children the suite starts inherit the ignore too, so every test of a real Ctrl-C would
+    fail for a reason that is not allcores'. Python's own handler is put back here; a handled
+    signal returns to its default across ``exec``, so subprocesses get a real Ctrl-C as well.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @pytest.fixture(autouse=True)
 def no_leaks(request):
