@@ -104,6 +104,21 @@ def test_collected_executor_finishes_its_submitted_work(make):
     assert [f.result(timeout=WAIT) for f in futures] == [0, 1, 2]
 
 
+
+def test_a_shut_down_executor_leaves_no_thread_behind_once_collected():
+    """CPython's own tests count Thread objects still referenced after a test (threading_cleanup)
+    and wait seconds on each: an executor shut down, then collected, must hold none."""
+    import weakref
+
+    ex = allcores.Executor(1, mp_context=multiprocessing.get_context("fork"))
+    assert ex.submit(abs, -3).result(timeout=WAIT) == 3
+    manager_thread = weakref.ref(ex._engine._manager._thread)
+    ex.shutdown(wait=True)
+    del ex
+    gc.collect()
+    assert manager_thread() is None
+
+
 def test_collected_executor_work_finishes_at_interpreter_exit():
     script = textwrap.dedent(
         """

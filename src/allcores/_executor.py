@@ -290,11 +290,15 @@ def _drain(engine: Engine) -> None:
     It may run in any thread, wherever a collection happens (the manager's own included), so it
     takes no lock: adding to and discarding from a set are single steps under the GIL.
     """
+    engine.close()
     if not _interpreter_exiting:
         for done in [e for e in list(_draining) if not e.alive]:
             _draining.discard(done)
-        _draining.add(engine)
-    engine.close()
+        # Only an engine with work left is kept for the exit: one shut down and joined holds
+        # nothing to finish, and keeping it would keep its stopped manager thread referenced
+        # (CPython's own tests count such threads as leaked, and wait on each for seconds).
+        if engine.alive:
+            _draining.add(engine)
 
 
 def _finish_at_exit() -> None:
