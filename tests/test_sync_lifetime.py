@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import psutil
 import pytest
@@ -42,14 +43,24 @@ MAKE_EVERYTHING = """
 """
 
 
+def _finish(proc: subprocess.Popen) -> str:
+    """The program's stderr once it ended; one that hangs is killed, so it cannot haunt the
+    next test with an unraisable 'still running' warning, and the test fails with its stderr."""
+    try:
+        return proc.communicate(timeout=TIMEOUT)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"the program did not end in {TIMEOUT} s; its stderr:\n{err}")
+
+
 def _start(script: str) -> tuple[subprocess.Popen, int, int]:
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     line = proc.stdout.readline()
     if not line:
-        _, err = proc.communicate(timeout=TIMEOUT)
-        raise AssertionError(err)
+        raise AssertionError(_finish(proc))
     pid, tracker = map(int, line.split())
     assert len(_by_pid(pid)) >= 12  # they exist while the program runs
     proc.stdin.write("go\n")
@@ -59,7 +70,7 @@ def _start(script: str) -> tuple[subprocess.Popen, int, int]:
 
 def test_normal_exit_removes_everything():
     proc, pid, _ = _start(MAKE_EVERYTHING)
-    _, err = proc.communicate(timeout=TIMEOUT)
+    err = _finish(proc)
     assert proc.returncode == 0, err
     assert _by_pid(pid) == set()
     assert "leaked" not in err  # the resource tracker had nothing left to clean
@@ -68,15 +79,56 @@ def test_normal_exit_removes_everything():
 def test_ctrl_c_removes_everything():
     proc, pid, _ = _start(MAKE_EVERYTHING + "\n    objs[4].wait()  # blocks until Ctrl-C\n")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=TIMEOUT)
+    err = _finish(proc)
     assert "KeyboardInterrupt" in err
     assert _by_pid(pid) == set()
     assert "leaked" not in err
 
 
+# The Ctrl-C lands while the interpreter is not inside the wait: a helper thread takes the
+# signal (the main thread blocks it), so the C-level handler has run, and the main thread's
+# semaphore wait is never interrupted by the kernel. This is the window CI once hit by chance
+# (a SIGINT between the interpreter's last signal check and the start of the wait); an untimed
+# wait made of one semaphore wait would block forever here.
+BLOCKS = {
+    "Event.wait": "e = allcores.Event()\nready()\ne.wait()",
+    "Lock held": "lk = allcores.Lock()\nlk.acquire()\nready()\nlk.acquire()",
+    "Lock with": "lk = allcores.Lock()\nlk.acquire()\nready()\nwith lk: pass",
+    "Queue.get": "q = allcores.Queue()\nready()\nq.get()",
+    "Semaphore": "s = allcores.Semaphore(0)\nready()\ns.acquire()",
+}
+
+
+def _until_main_thread_sleeps(pid: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while psutil.Process(pid).status() != psutil.STATUS_SLEEPING:
+        assert time.monotonic() < deadline, "the program never reached its wait"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("block", BLOCKS.values(), ids=BLOCKS.keys())
+def test_ctrl_c_that_lands_outside_the_wait_still_interrupts_it(block):
+    script = (
+        "import signal, sys, threading, time\n"
+        "import allcores\n"
+        "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+        "def ready():  # after the objects exist: starting the resource tracker unblocks SIGINT\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
+        "    print('ready', flush=True)\n"
+        + block + "\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n", _finish(proc)
+    _until_main_thread_sleeps(proc.pid)  # in the wait: a signal before it would be seen in time
+    proc.send_signal(signal.SIGINT)
+    err = _finish(proc)
+    assert "KeyboardInterrupt" in err, err
+
+
 def test_sigkill_of_the_owner_is_cleaned_by_the_tracker_and_sweep():
     proc, pid, tracker = _start(MAKE_EVERYTHING + "\n    os.kill(os.getpid(), 9)\n")
-    proc.communicate(timeout=TIMEOUT)
+    _finish(proc)
     assert proc.returncode == -signal.SIGKILL
     try:  # the tracker notices its last user is gone and unlinks what was registered
         psutil.Process(tracker).wait(TIMEOUT)

@@ -29,6 +29,7 @@ from allcores.sync._resources import (
     Owner,
     RobustMutex,
     WaitList,
+    acquire_interruptibly,
     create_mutex,
     create_semlock,
     create_shm,
@@ -91,13 +92,13 @@ class _SemBase:
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquire; with ``block=False`` or a ``timeout`` return whether it was acquired."""
-        return self._sem.acquire(block, timeout)
+        return acquire_interruptibly(self._sem, block, timeout)
 
     def release(self) -> None:
         self._sem.release()
 
     def __enter__(self) -> bool:
-        return self._sem.acquire()
+        return acquire_interruptibly(self._sem)
 
     def __exit__(self, *exc: object) -> None:
         self._sem.release()

@@ -403,10 +403,27 @@ class WaitList:
             _post(name)
 
 
+# An untimed wait is made of timed waits this long. A semaphore wait in C checks for Python
+# signal handlers only when the kernel interrupts it; a Ctrl-C that lands between the
+# interpreter's last check and the start of the wait would otherwise be held until the
+# semaphore is posted, which may be never (seen in CI: a blocked Event.wait ignored its
+# SIGINT). With slices, the pending KeyboardInterrupt is raised within one slice.
+UNTIMED_SLICE_S = 0.25
+
+
+def acquire_interruptibly(sem: Any, block: bool = True, timeout: float | None = None) -> bool:
+    """``sem.acquire(block, timeout)``, but an untimed wait still answers Ctrl-C."""
+    if not block or timeout is not None:
+        return sem.acquire(block, timeout)
+    while not sem.acquire(True, UNTIMED_SLICE_S):
+        pass
+    return True
+
+
 def sleep_on(sem: Any, deadline: float | None) -> bool:
     """Wait for a post on ``sem`` (no mutex held); False if ``deadline`` passed first."""
     if deadline is None:
-        return sem.acquire(True, None)
+        return acquire_interruptibly(sem)
     remaining = deadline - time.monotonic()
     return remaining > 0 and sem.acquire(True, remaining)
 
