@@ -98,22 +98,44 @@ def simulate_takeback(costs: Sequence[float], workers: int = WORKERS, *,
         expected = running.expected if running.expected is not None else 0.0
         return running.begin <= now and now - running.begin > OVERDUE * expected + latency
 
+    def unstarted(pipe: deque[_Sent]) -> int | None:
+        """The position of the oldest chunk in ``pipe`` not started by now (what the claim
+        pipe's first id names), or None."""
+        for position in range(1, len(pipe)):
+            if pipe[position].begin > now:
+                return position
+        return None
+
     def waiting(slot: int, only_overdue: bool) -> int | None:
         """The worker (not ``slot``) whose unstarted queued chunk is oldest, or None."""
         best = None
+        best_start = total
         for other in range(workers):
             pipe = pipes[other]
-            if other == slot or len(pipe) < 2 or pipe[-1].begin <= now:
+            position = None if other == slot else unstarted(pipe)
+            if position is None or (only_overdue and not overdue(pipe)):
                 continue
-            if only_overdue and not overdue(pipe):
-                continue
-            if best is None or pipe[-1].start < pipes[best][-1].start:
-                best = other
+            if pipe[position].start < best_start:
+                best, best_start = other, pipe[position].start
         return best
 
     def take_back(holder: int, taker: int) -> None:
-        sent = pipes[holder].pop()
+        pipe = pipes[holder]
+        position = unstarted(pipe)
+        assert position is not None
+        sent = pipe[position]
+        del pipe[position]
         taken_back.add(sent.token)
+        # What was queued after it in the holder's pipe starts that much sooner.
+        later = [pipe.pop() for _ in range(len(pipe) - position)][::-1]
+        for moved in later:
+            taken_back.add(moved.token)
+            begin = max(moved.begin - (sent.end - sent.begin), free_at(pipe))
+            work = moved.end - moved.begin
+            token = next(tokens)
+            pipe.append(_Sent(moved.start, moved.size, moved.expected, begin, begin + work,
+                              token))
+            heapq.heappush(events, (begin + work + latency, next(order), holder, token))
         send(taker, sent.start, sent.size, sent.expected)
 
     def dispatch() -> None:
