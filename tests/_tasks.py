@@ -114,6 +114,25 @@ def _refuse():
     raise RuntimeError("cannot be rebuilt here")
 
 
+def sleep_once(args):
+    """Sleep ``seconds``, having marked ``item`` as run in ``folder``: a second run of the same
+    item raises (the file exists), so a map of these proves each item ran exactly once."""
+    folder, item, seconds = args
+    fd = os.open(os.path.join(folder, f"item-{item}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.close(fd)
+    time.sleep(seconds)
+    return item
+
+
+def sleep_or_exit(args):
+    """Sleep ``seconds`` and return ``item``; kill the worker instead where ``crash``."""
+    item, seconds, crash = args
+    if crash:
+        os._exit(3)
+    time.sleep(seconds)
+    return item
+
+
 def identity(x):
     return x
 

@@ -19,6 +19,8 @@ from allcores._engine.scheduler import (
     RetryPolicy,
     admit,
     describe_exit,
+    may_take_back,
+    overdue,
     should_recycle,
 )
 
@@ -330,6 +332,41 @@ def test_a_heavy_tail_queues_one_small_chunk_until_its_end():
     assert not sizer.idle_only(150) and sizer.in_tail(150)  # (a cluster: free slots only)
     assert sizer.in_heavy_end(20) and sizer.idle_only(20)
     assert not sizer.in_heavy_end(None)
+
+
+def test_a_running_chunk_is_overdue_once_past_its_expected_seconds_and_a_margin():
+    assert not overdue(0.0035, expected=0.003)  # within the margin: a round trip's noise
+    assert overdue(0.010, expected=0.003)
+    assert overdue(0.250, expected=0.004)  # one of a heavy tail's long items
+    assert not overdue(10.0, expected=None)  # a probe: nothing was expected
+
+
+def test_a_waiting_chunk_goes_to_a_worker_on_time_or_to_one_left_idle():
+    # Behind an overdue chunk it goes first to a worker that asks: idle, or running on time.
+    assert may_take_back(holder_overdue=True, taker_idle=True, taker_overdue=False,
+                         input_left=True)
+    assert may_take_back(holder_overdue=True, taker_idle=False, taker_overdue=False,
+                         input_left=True)
+    # A taker running late itself would only move the wait.
+    assert not may_take_back(holder_overdue=True, taker_idle=False, taker_overdue=True,
+                             input_left=True)
+    # Behind a chunk on time only a worker with nothing else to do takes it.
+    assert not may_take_back(holder_overdue=False, taker_idle=True, taker_overdue=False,
+                             input_left=True)
+    assert may_take_back(holder_overdue=False, taker_idle=True, taker_overdue=False,
+                         input_left=False)
+    assert not may_take_back(holder_overdue=False, taker_idle=False, taker_overdue=False,
+                             input_left=False)
+
+
+def test_a_chunk_that_can_be_taken_back_may_wait_until_a_heavy_tail_ends():
+    sizer = ChunkSizer(workers=2)
+    for _ in range(20):
+        sizer.observe(items=1, seconds=0.003)
+    sizer.observe(items=1, seconds=0.2)
+    assert sizer.in_heavy_end(20) and sizer.idle_only(20)
+    assert not sizer.idle_only(20, take_back=True)  # nothing it waits behind can strand it
+    assert sizer.idle_only(3, take_back=True)  # the last chunks by count still go to idle ones
 
 
 def test_may_queue_keeps_probes_and_timed_items_alone_and_lets_tiny_calls_wait():

@@ -76,6 +76,18 @@ def test_w3_within_a_few_percent_of_one_item_at_a_time_on_every_seed():
         assert simulate(costs).speedup >= 0.97 * one_at_a_time(costs), seed
 
 
+@pytest.mark.parametrize("latency", [0.5e-3, 1e-3])
+def test_taking_chunks_back_lifts_w3_where_round_trips_are_slow(latency):
+    """Where a round trip is slow (two busy cores), a chunk waiting behind a busy worker saves
+    one per item, and taking it back keeps it from being stranded behind a long item; without
+    it the end of a heavy tail goes one round trip per item (benchmarks/sim_takeback.py)."""
+    seeds = range(1, 101)
+    taking = [simulate(w3(seed), latency=latency).speedup for seed in seeds]
+    not_taking = [simulate(w3(seed), latency=latency, take_back=False).speedup for seed in seeds]
+    assert statistics.mean(taking) >= statistics.mean(not_taking) + 0.03
+    assert min(taking) > min(not_taking)
+
+
 def test_second_call_with_a_learned_cost_is_as_fast():
     speedups = []
     for seed in range(1, 201):

@@ -91,6 +91,7 @@ class Chunk:
     segments: list[str] = field(default_factory=list)  # shared memory the payload refers to
     deadline: float | None = None  # monotonic time by which it must finish (timeout=)
     pack_seconds: float = 0.0  # the manager's time pickling the items (run statistics)
+    claim: int = 0  # while in a worker's pipe: its claim id if it may be taken back, else 0
 
 
 class Sink(abc.ABC):

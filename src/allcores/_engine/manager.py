@@ -84,9 +84,15 @@ from allcores._engine.scheduler import (
     describe_exit,
     has_room,
     may_queue,
+    may_take_back,
+    overdue,
     prefetch_budget,
     should_recycle,
 )
+
+# Private switch for benchmarks/w3s_skew.py --take-back-ab, which measures what taking chunks
+# back gives by comparing pools with it on and off in one run. Read when a pool starts.
+TAKE_BACK = True
 
 # Dispatch looks at most this many waiting jobs for one worker in one round. Jobs passed over
 # (back-pressured, or not allowed behind a busy worker's work) rotate to the back, so the next
@@ -196,6 +202,9 @@ class Manager:
         self._retrying: set[Job] = set()  # jobs with retries waiting out a backoff
         self._unpushed: set[WorkerHandle] = set()  # outboxes filled this round
         self._chunk_ids = itertools.count()
+        self.taken_back = 0  # chunks taken back from one worker's pipe for another (tests)
+        self._claims_out = 0  # claim ids in the workers' claim pipes (see _take_back)
+        self._take_back_on = TAKE_BACK
         self._crashes_in_a_row = 0
         self._broken: BaseException | None = None
         self._collector_held = False  # see collector.py: many pending calls
@@ -433,6 +442,7 @@ class Manager:
     def _dispatch(self, now: float) -> None:
         self._held_back = False
         if not self._feedable:
+            self._take_back_for_idle(now)
             return
         in_flight = sum(len(h.messages) for h in self._handles.values())
         available = self._available_memory(now) if self.memory_reserve is not None else None
@@ -452,17 +462,92 @@ class Manager:
                 if not admit(in_flight, available, self.memory_reserve):
                     self._held_back = True  # rechecked on a short timer, see _next_timer
                     return
+                if self._take_back(handle, now, idle_after_round=False):
+                    sent = True  # a chunk cut earlier goes before new input (input order)
+                    continue
                 chunk = self._next_chunk_for(handle, queued, room, heavy_room)
                 if chunk is None:
                     continue
                 batch = self._gather(handle, chunk, queued)
                 if len(batch) == 1 and not _light(chunk):
-                    self._send(handle, chunk, now)
+                    if not self._send(handle, chunk, now):
+                        continue
                 else:
                     self._send_batch(handle, batch, now)
                 in_flight += 1
                 sent = True
+        self._take_back_for_idle(now)
         self._prepare_ahead()
+
+    # -- taking a queued chunk back ------------------------------------------------------
+    #
+    # A chunk sent to a busy worker waits in its pipe behind the running one. If it may be
+    # taken back (``Chunk.claim``), its claim id went to the worker's claim pipe first, and
+    # exactly one of two readers gets that id: the worker, which then runs the chunk, or the
+    # manager here, which then sends the chunk to another worker (worker_main.Claims skips it).
+    # When that is worth it is scheduler.may_take_back's decision; tests/_simulation.py plays
+    # the same rule.
+
+    def _take_back_for_idle(self, now: float) -> None:
+        """Give a worker left idle by the dispatch round a chunk waiting in another's pipe."""
+        if not self._claims_out:
+            return
+        for handle in list(self._handles.values()):
+            if not handle.messages and self._has_room(handle, 0.0):
+                self._take_back(handle, now, idle_after_round=True)
+
+    def _take_back(self, taker: WorkerHandle, now: float, *, idle_after_round: bool) -> bool:
+        """Move the oldest chunk waiting unstarted in another worker's pipe to ``taker``, where
+        :func:`scheduler.may_take_back` says so; whether one moved."""
+        if not self._claims_out:
+            return False  # the common case, in O(1): nothing can be taken back
+        if not taker.ready:
+            return False  # still starting (spawn, an initializer): the chunk would wait there
+        taker_late = bool(taker.messages) and overdue(now - taker.since, taker.messages[0][1])
+        holder, latest = None, float("-inf")
+        for other in self._handles.values():
+            if other is taker or len(other.messages) < 2 or not other.claims:
+                continue
+            expected = other.messages[0][1]
+            running_for = now - other.since
+            if not may_take_back(holder_overdue=overdue(running_for, expected),
+                                 taker_idle=not taker.messages, taker_overdue=taker_late,
+                                 input_left=not idle_after_round):
+                continue
+            late = running_for - (expected or 0.0)
+            if late > latest:
+                holder, latest = other, late
+        if holder is None:
+            return False
+        try:
+            data = os.read(holder.claim_r.fileno(), 8)
+        except (BlockingIOError, InterruptedError):
+            return False  # its worker has started every chunk that could be taken back
+        except OSError:
+            return False
+        if len(data) != 8:
+            return False
+        chunk = holder.claims.pop(int.from_bytes(data, "little"), None)
+        if chunk is None:  # cannot happen: every id in the pipe is a chunk still in claims
+            raise _errors.InternalError("a claim id without its chunk")
+        self._claims_out -= 1
+        position = next(i for i, c in enumerate(holder.in_flight) if c is chunk)
+        index = 0
+        for message_index, (count, _) in enumerate(holder.messages):
+            if index == position:
+                del holder.messages[message_index]
+                break
+            index += count
+        del holder.in_flight[position]
+        chunk.claim = 0
+        job = chunk.job
+        job.returned(chunk)
+        self.taken_back += 1
+        if job.finished:  # failed or cancelled meanwhile: nobody wants it run
+            self._settle(job)
+        else:
+            self._send(taker, chunk, now)
+        return True
 
     def _prepare_ahead(self) -> None:
         """Cut and pack the next chunk while every worker is busy, so a worker that finishes
@@ -549,8 +634,9 @@ class Manager:
             return None
         return job.total - job.next_index + sum(len(c.items) for c in job.pending)
 
-    def _may_queue(self, job: Job, room: bool, heavy_room: bool) -> bool:
-        """Whether ``job``'s next chunk may wait behind a busy worker's work, where the worker
+    def _may_queue(self, job: Job, room: bool, heavy_room: bool,
+                   handle: WorkerHandle) -> bool:
+        """Whether ``job``'s next chunk may wait behind ``handle``'s work, where the worker
         has ``room`` (the prefetch horizon) or ``heavy_room`` (a heavy tail's one chunk)."""
         timed = job.item_timeout is not None
         if job.total == 1:
@@ -560,8 +646,10 @@ class Manager:
         remaining = self._remaining(job)
         if not (heavy_room if job.sizer.in_heavy_tail(remaining) else room):
             return False
+        take_back = (self._take_back_on and job.fn_id in handle.known_functions
+                     and not handle.forget)
         return may_queue(learned=job.sizer.learned, timed=timed,
-                         tail=job.sizer.idle_only(remaining))
+                         tail=job.sizer.idle_only(remaining, take_back=take_back))
 
     def _head(self) -> Job | None:
         """The job at the head of the queue; a waiting one-item Call becomes its Job here."""
@@ -625,7 +713,8 @@ class Manager:
                 self._settle(job)
                 continue
             self._learn(job)
-            if not job.can_feed() or (busy and not self._may_queue(job, room, heavy_room)):
+            if not job.can_feed() or (busy and not self._may_queue(job, room, heavy_room,
+                                                                    handle)):
                 # back-pressured (the caller has not taken its results), or not allowed to
                 # wait behind a busy worker's work (scheduler.may_queue says when)
                 self._feedable.rotate(-1)
@@ -808,7 +897,8 @@ class Manager:
             self._feedable.appendleft(job)
             self._queued.add(job)
 
-    def _send(self, handle: WorkerHandle, chunk: Chunk, now: float) -> None:
+    def _send(self, handle: WorkerHandle, chunk: Chunk, now: float) -> bool:
+        """Send ``chunk`` to ``handle``; False if it went back to its job instead (see below)."""
         job = chunk.job
         if chunk.payload is None:
             try:
@@ -819,12 +909,35 @@ class Manager:
                     chunk.pack_seconds = time.monotonic() - packing
             except BaseException:  # an argument's __reduce__ may raise anything
                 self._unpicklable_items(chunk, now)
-                return
+                return True
+        remaining = self._remaining(job)
+        if (handle.messages and chunk.segments and remaining is not None
+                and job.sizer.in_heavy_end(remaining + len(chunk.items))):
+            # At a heavy tail's end a chunk waits behind a busy worker only if it can be taken
+            # back (ChunkSizer.idle_only); one with shared-memory arguments cannot: it goes to
+            # the next idle worker instead (packed already).
+            job.pending.appendleft(chunk)
+            self._requeued(job)
+            return False
         fn_blob = None if job.fn_id in handle.known_functions else job.fn_blob
         forget = tuple(handle.forget)
         handle.forget.clear()
+        message_id = next(self._chunk_ids)
+        claim = 0
+        if not handle.messages:
+            handle.since = now  # it starts this one at once
+        elif (self._take_back_on and fn_blob is None and not forget and not chunk.segments
+              and job.item_timeout is None and job.sizer.peak > job.sizer.target_seconds):
+            # It waits behind the worker's running work, in a heavy-tailed map (where what it
+            # waits behind may run long), and needs nothing else from this message: it may be
+            # taken back until the worker starts it (see _take_back).
+            claim = message_id + 1
+            try:
+                os.write(handle.claim_w.fileno(), claim.to_bytes(8, "little"))
+            except OSError:  # a full or broken claim pipe: it just cannot be taken back
+                claim = 0
         message = RunChunk(
-            next(self._chunk_ids),
+            message_id,
             job.fn_id,
             fn_blob,
             chunk.payload,
@@ -832,8 +945,13 @@ class Manager:
             # Fail-fast without retries: the first error ends the job, so stop the chunk there.
             job.stops_at_first_error,
             forget,
+            claim,
         )
         self._write(handle, serialization.dumps(message))
+        chunk.claim = claim
+        if claim:
+            handle.claims[claim] = chunk
+            self._claims_out += 1
         handle.known_functions.add(job.fn_id)
         handle.lent.update(chunk.segments)
         handle.in_flight.append(chunk)
@@ -841,6 +959,8 @@ class Manager:
         job.sent(chunk, now)
         if not handle.ready:
             chunk.deadline = None  # its clock starts when the worker is ready (see Ready)
+        return True
+
     def _send_batch(self, handle: WorkerHandle, batch: list[Chunk], now: float) -> None:
         """Send single-item chunks of several jobs as one :class:`RunBatch`."""
         try:
@@ -873,6 +993,8 @@ class Manager:
                 functions.append((fn_id, blob))
         forget = tuple(handle.forget)
         handle.forget.clear()
+        if not handle.messages:
+            handle.since = now
         message = RunBatch(next(self._chunk_ids), tuple(parts), tuple(functions), payload, forget)
         self._write(handle, serialization.dumps(message))
         handle.lent.update(segments)
@@ -948,6 +1070,12 @@ class Manager:
         count, _ = handle.messages.popleft()
         chunks = [handle.in_flight.popleft() for _ in range(count)]
         now = time.monotonic()
+        handle.since = now  # the next message in its pipe started about when this answer left
+        for chunk in chunks:
+            if chunk.claim:  # its worker read its claim id and ran it
+                if handle.claims.pop(chunk.claim, None) is not None:
+                    self._claims_out -= 1
+                chunk.claim = 0
         # (part, chunk) of the answer that go the general way, through their jobs.
         parts: list[tuple[int, Chunk]] = list(enumerate(chunks))
         if isinstance(message, BatchDone) and message.load_error is None:
@@ -1151,6 +1279,8 @@ class Manager:
         handle.outbox.clear()
         self._unpushed.discard(handle)
         del self._handles[handle.slot]
+        self._claims_out -= len(handle.claims)  # its claim pipe goes with it
+        handle.claims.clear()
         now = time.monotonic()
         expected = handle.stopping and not handle.in_flight and exitcode == 0
         if not expected and handle.in_flight:

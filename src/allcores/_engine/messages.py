@@ -29,6 +29,10 @@ class RunChunk:
     mode: int  # how to call: CALL_ONE fn(x), CALL_STAR fn(*x), CALL_ARGS fn(*x[0], **x[1])
     stop_on_error: bool
     forget: tuple[int, ...] = ()
+    # Nonzero: the chunk may be taken back until the worker starts it. The manager wrote this
+    # id to the worker's claim pipe first; the worker runs the chunk only if it reads this id
+    # there (see worker_main.Claims).
+    claim: int = 0
 
 
 @dataclass(frozen=True, slots=True)

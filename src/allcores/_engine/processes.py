@@ -91,6 +91,12 @@ class WorkerHandle:
     inbox: bytearray = field(default_factory=bytearray)  # bytes read, not yet a whole message
     pidfd: int | None = None  # readable once the process has exited (Linux 5.3+)
     ready: bool = False  # its start-up is over (messages.Ready): timed items' clocks may run
+    # The claim pipe (both ends; the worker holds the read end too): the ids of chunks that may
+    # still be taken back from its pipe, oldest first. See Manager._take_back.
+    claim_r: Any = None
+    claim_w: Any = None
+    claims: dict = field(default_factory=dict)  # claim id -> chunk, sent and not yet answered
+    since: float = 0.0  # the manager's clock: when its running message started, about
 
     @property
     def pid(self) -> int | None:
@@ -106,7 +112,8 @@ class WorkerHandle:
         return f"worker {self.slot} (pid {self.pid})"
 
     def parent_fds(self) -> list[int]:
-        fds = [self.task_conn.fileno(), self.result_conn.fileno()]
+        fds = [self.task_conn.fileno(), self.result_conn.fileno(), self.claim_r.fileno(),
+               self.claim_w.fileno()]
         return fds if self.pidfd is None else [*fds, self.pidfd]
 
 
@@ -116,7 +123,8 @@ def start_worker(
     init: Initializer | None,
     inherited_fds: list[int],
 ) -> WorkerHandle:
-    """Start one worker process with its two pipes.
+    """Start one worker process with its pipes: tasks, results, and claims (see
+    ``Manager._take_back``).
 
     A failure to start (an initializer argument that cannot be pickled under spawn, no more
     processes allowed) raises here, with nothing left open.
@@ -127,15 +135,21 @@ def start_worker(
     """
     task_r, task_w = context.Pipe(duplex=False)
     result_r, result_w = context.Pipe(duplex=False)
+    # Read by both the worker and the manager, never blocking (one open file description, so
+    # the flag set here holds in the worker too, under every start method).
+    claim_r, claim_w = context.Pipe(duplex=False)
+    os.set_blocking(claim_r.fileno(), False)
+    os.set_blocking(claim_w.fileno(), False)
     _grow_pipe(task_w)
     _grow_pipe(result_w)
     forked = context.get_start_method() == "fork"
-    close_fds = [*inherited_fds, task_w.fileno(), result_r.fileno()] if forked else []
+    close_fds = ([*inherited_fds, task_w.fileno(), result_r.fileno(), claim_w.fileno()]
+                 if forked else [])
     init_fn = None if init is None else ByValue(init.fn)
     init_args = () if init is None else init.args
     process = context.Process(
         target=worker_main,
-        args=(slot, task_r, result_w, close_fds, init_fn, init_args),
+        args=(slot, task_r, result_w, close_fds, init_fn, init_args, claim_r),
         name=f"allcores-worker-{slot}",
         daemon=False,  # non-daemonic, so a task may start processes of its own (nested pools)
     )
@@ -152,6 +166,8 @@ def start_worker(
     except BaseException:
         task_w.close()
         result_r.close()
+        claim_r.close()
+        claim_w.close()
         raise
     finally:
         task_r.close()
@@ -160,7 +176,8 @@ def start_worker(
     # and what arrives is read as far as it goes (a worker stalled mid-message stops nothing).
     os.set_blocking(task_w.fileno(), False)
     os.set_blocking(result_r.fileno(), False)
-    return WorkerHandle(slot, process, task_w, result_r, pidfd=_pidfd(process.pid))
+    return WorkerHandle(slot, process, task_w, result_r, pidfd=_pidfd(process.pid),
+                        claim_r=claim_r, claim_w=claim_w)
 
 
 def _pidfd(pid: int | None) -> int | None:
@@ -335,7 +352,9 @@ def wait_exit(handle: WorkerHandle, timeout: float) -> int | None:
 
 
 def close_handle(handle: WorkerHandle) -> None:
-    for conn in (handle.task_conn, handle.result_conn):
+    for conn in (handle.task_conn, handle.result_conn, handle.claim_r, handle.claim_w):
+        if conn is None:
+            continue
         try:
             conn.close()
         except OSError:

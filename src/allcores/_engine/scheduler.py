@@ -24,6 +24,8 @@ __all__ = [
     "has_room",
     "in_tail",
     "may_queue",
+    "may_take_back",
+    "overdue",
     "prefetch_budget",
     "should_recycle",
 ]
@@ -63,6 +65,8 @@ HEAVY_TAIL_PEAKS = 8
 # 1 ms in all on a two-core VM; W3 over 200 simulated seeds at a 1 ms one-way latency: 1.76x
 # mean, 1.64x worst when every item of the tail waited for its round trip, 1.88x / 1.78x with
 # one queued (at 0.1 ms: 1.93x / 1.83x before, 1.94x / 1.85x after).
+# A chunk that can be taken back from a busy worker's pipe (see ``may_take_back``) is not held
+# to this: nothing it waits behind can strand it, so it may wait until the very end.
 HEAVY_END_PEAKS = 4
 # Chunks in a worker's pipe at most (the running one included) while a heavy tail queues.
 HEAVY_QUEUE_CHUNKS = 2
@@ -167,13 +171,18 @@ class ChunkSizer:
             return True
         return in_tail(remaining, self.next_size(remaining) or 1, self.workers)
 
-    def idle_only(self, remaining: int | None) -> bool:
+    def idle_only(self, remaining: int | None, *, take_back: bool = False) -> bool:
         """Whether the local engine sends this map's chunks only to idle workers: at the end
         of its heavy tail, or in the tail by chunk count. (Before its end, a heavy tail lets
-        one small chunk wait in a busy worker's pipe: ``has_room(heavy_tail=True)``.)"""
+        one small chunk wait in a busy worker's pipe: ``has_room(heavy_tail=True)``.)
+
+        ``take_back``: the chunk can be taken back from a busy worker's pipe until that worker
+        starts it (:func:`may_take_back`); then nothing it waits behind can strand it, and the
+        end of a heavy tail does not keep it from waiting there.
+        """
         if remaining is None:
             return False
-        if self.in_heavy_end(remaining):
+        if not take_back and self.in_heavy_end(remaining):
             return True
         return in_tail(remaining, self.next_size(remaining) or 1, self.workers)
 
@@ -212,16 +221,17 @@ class ChunkSizer:
 # more work, how much, and what a worker's death means; it keeps only the I/O and bookkeeping.
 # ``tests/_simulation.py`` drives the same functions in a discrete-event simulation.
 #
-# Pull, not stealing. A worker runs its chunk on its main thread and reads its pipe only between
-# chunks, so a chunk written to its pipe cannot be taken back while a long task runs (taking it
-# back needs the busy worker's answer, which comes only once the long task ends; running it
-# twice would run side effects twice). So the manager commits little: a chunk is queued behind
-# a busy worker only while the work already in that pipe is expected to end within the
-# prefetch horizon, the queued chunk is itself cut to fit the horizon, and in a map's tail
-# nothing is queued behind busy workers at all. A queued chunk saves one round trip (~0.1 ms):
-# that matters for tiny chunks, and is worth nothing for 20 ms ones, which are sent only to a
-# worker that asked for work by finishing its last chunk. What an unexpectedly long task can
-# strand behind it is at most one horizon of work, never a whole chunk of a skewed map.
+# Pull first. A worker runs its chunk on its main thread and reads its pipe only between
+# chunks, so it cannot hand back a chunk waiting in its pipe while a long task runs, and
+# running a chunk twice would run side effects twice. So the manager commits little: a chunk
+# is queued behind a busy worker only while the work already in that pipe is expected to end
+# within the prefetch horizon, the queued chunk is itself cut to fit the horizon, and in a
+# map's tail nothing is queued behind busy workers at all. A queued chunk saves one round trip
+# (~0.1 ms): that matters for tiny chunks, and is worth nothing for 20 ms ones, which are sent
+# only to a worker that asked for work by finishing its last chunk. What an unexpectedly long
+# task can strand behind it is at most one horizon of work, never a whole chunk of a skewed
+# map. The exception is a heavy-tailed map, where the manager itself can take a waiting chunk
+# back (see "taking a queued chunk back" below).
 
 # Work expected to end within this many seconds may have a chunk queued behind it.
 PREFETCH_HORIZON_SECONDS = 0.005
@@ -304,6 +314,60 @@ def may_queue(*, learned: bool, timed: bool, tail: bool, tiny_call: bool = False
 def prefetch_budget(queued_seconds: float) -> float:
     """Seconds of work a chunk queued behind ``queued_seconds`` of work may carry."""
     return max(PREFETCH_HORIZON_SECONDS - queued_seconds, 0.0)
+
+
+# -- taking a queued chunk back --------------------------------------------------------------
+#
+# A chunk waiting in a busy worker's pipe is not lost to the others: until that worker starts
+# it, the manager can take it back and give it to a worker that asks for work (the exactly-once
+# protocol, a claim pipe per worker, is in manager.py and worker_main.py). Taking back has a
+# price (the chunk crosses a second pipe, one round trip for the worker that takes it), so it
+# is done only where waiting costs more: behind a running chunk that is overdue (its worker is
+# running something longer than expected, perhaps one of a heavy tail's long items), or for a
+# worker that would otherwise sit idle. W3 over 200 simulated seeds: benchmarks/sim_takeback.py.
+
+# A running chunk is overdue once it has run this many times its expected seconds...
+OVERDUE_FACTOR = 1.0
+# ...plus this much: a chunk's clock in the manager starts at the answer before it, so it
+# carries a round trip's noise (one way about 0.1-1 ms on two busy cores).
+OVERDUE_MARGIN_SECONDS = 0.001
+
+
+def overdue(running_for: float, expected: float | None) -> bool:
+    """Whether a chunk expected to take ``expected`` seconds (None: unknown, a probe) has run
+    longer than that after ``running_for`` seconds.
+
+    >>> overdue(0.050, expected=0.003)
+    True
+    >>> overdue(0.003, expected=0.003)
+    False
+    """
+    if expected is None:
+        return False
+    return running_for > OVERDUE_FACTOR * expected + OVERDUE_MARGIN_SECONDS
+
+
+def may_take_back(*, holder_overdue: bool, taker_idle: bool, taker_overdue: bool,
+                  input_left: bool) -> bool:
+    """Whether a worker that asks for work (the taker) should get the chunk waiting unstarted
+    in another worker's pipe (the holder's) rather than new input.
+
+    Behind an overdue chunk, the waiting one goes to a taker that is idle or whose own running
+    chunk is on time: a worker that started a long item must not start the input cut after
+    the waiting chunk before it (one item at a time to the first idle worker keeps input
+    order). A taker left idle once no input is left takes any waiting chunk: it would only
+    wait for a round trip anyway, where the holder may be busy for long.
+
+    >>> may_take_back(holder_overdue=True, taker_idle=False, taker_overdue=False,
+    ...               input_left=True)
+    True
+    >>> may_take_back(holder_overdue=False, taker_idle=True, taker_overdue=False,
+    ...               input_left=True)
+    False
+    """
+    if holder_overdue and not taker_overdue:
+        return True
+    return taker_idle and not input_left
 
 
 def in_tail(remaining: int | None, chunk_size: int, workers: int) -> bool:

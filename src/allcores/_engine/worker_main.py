@@ -204,6 +204,46 @@ def _run_batch(msg: RunBatch, functions: dict[int, Any], kept: list) -> BatchDon
                      first, first - loading, time.process_time() - cpu)
 
 
+class Claims:
+    """The worker's side of its claim pipe: may it run a chunk the manager may take back?
+
+    For each such chunk the manager writes the chunk's claim id (8 bytes, one atomic write)
+    to the claim pipe before the chunk itself; to take a chunk back it reads one id, always
+    the oldest there, and sends that chunk to another worker. Each id reaches exactly one
+    reader, so a chunk runs exactly once: here if this worker read its id, elsewhere if the
+    manager did. An id later than the chunk's own means the manager took the chunk back
+    (ids are increasing); it belongs to a later chunk and is kept for it.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._fd = None if conn is None else conn.fileno()
+        self._held = 0  # an id read for a later chunk
+
+    def take(self, claim: int) -> bool:
+        """Whether this worker runs the chunk whose claim id is ``claim``."""
+        while True:
+            if self._held:
+                if self._held == claim:
+                    self._held = 0
+                    return True
+                if self._held > claim:
+                    return False  # ours went to another worker
+                self._held = 0  # (cannot happen: an id older than the chunk being started)
+            if self._fd is None:
+                return False
+            try:
+                data = os.read(self._fd, 8)
+            except BlockingIOError:
+                return False  # no id left: the manager took ours
+            except InterruptedError:
+                continue
+            except OSError:
+                return False
+            if len(data) != 8:
+                return False  # the manager is gone (end of file); the task pipe says so next
+            self._held = int.from_bytes(data, "little")
+
+
 def _lifeline(fd: int) -> None:
     """Exit the worker as soon as the manager's end of the task pipe is gone."""
     watcher = select.poll()
@@ -248,6 +288,7 @@ def worker_main(
     close_fds: list[int],
     initializer: Any = None,
     initargs: tuple = (),
+    claim_conn: Any = None,
 ) -> None:
     """Entry point of a worker process (the target of its ``Process``)."""
     # Ctrl-C goes to the whole process group; the parent decides what stops, not each worker.
@@ -271,6 +312,7 @@ def worker_main(
 
     threading.Thread(target=_lifeline, args=(task_conn.fileno(),), daemon=True).start()
     functions: dict[int, Any] = {}
+    claims = Claims(claim_conn)
     # The statistics compare this clock with the manager's: CLOCK_MONOTONIC is system-wide on
     # Linux (see _engine/recording.py), and as cheap to read as perf_counter.
     monotonic = time.monotonic
@@ -299,6 +341,8 @@ def worker_main(
         assert isinstance(msg, RunChunk)
         for fn_id in msg.forget:
             functions.pop(fn_id, None)
+        if msg.claim and not claims.take(msg.claim):
+            continue  # taken back: another worker runs it, and nobody waits for an answer here
         load_error = None
         items: list = []
         kept: list = []  # maps of recyclable argument segments, given back after the chunk
