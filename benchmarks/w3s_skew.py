@@ -16,6 +16,10 @@ speedup of a cell is median(serial) / median(system) of that workload.
 Systems: serial (a list comprehension), mp.Pool(2).map (fork, default chunksize),
 allcores.Pool(2).map and the one-liner allcores.map(workers=2).
 
+``--take-back-ab`` adds an allcores.Pool that never takes a queued chunk back (the engine's
+private switch ``manager.TAKE_BACK``), timed interleaved with the others: what taking back
+gives, measured in the same run.
+
 A second table checks that the one-liner is as fast on the second and third call with the same
 function as on the first: per seed, a fresh function object (so nothing is learned from earlier
 calls) is mapped three times in a row; each call's speedup is against that seed's serial median.
@@ -31,16 +35,19 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _harness  # noqa: E402
 import allcores  # noqa: E402
+from allcores._engine import manager as manager_module  # noqa: E402
 from workloads import W3_SEED, calibrate, skewed_durations_ms, spin  # noqa: E402
 
 WORKERS = 2
 DEFAULT_SEEDS = "1-8"
 SYSTEMS = ("serial", "mp.Pool", "allcores.Pool", "allcores.map")
+NO_TAKE_BACK = "allcores.Pool, no take-back"
 #: The issue's bars over every workload of this script.
 MEAN_BAR, WORST_BAR = 1.9, 1.8
 
@@ -74,7 +81,11 @@ def main() -> None:
     parser.add_argument("--seeds", default=DEFAULT_SEEDS, help="seeds, e.g. 1-8 or 3,5,11")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per cell")
     parser.add_argument("--json", metavar="PATH", help="also write all numbers to this file")
+    parser.add_argument("--take-back-ab", action="store_true",
+                        help="also time an allcores.Pool that never takes a queued chunk back "
+                             "(docs/design.md, heavy tails), interleaved with the others")
     args = parser.parse_args()
+    systems = [*SYSTEMS, NO_TAKE_BACK] if args.take_back_ab else list(SYSTEMS)
     seeds = parse_seeds(args.seeds)
 
     per_ms = calibrate()
@@ -96,7 +107,12 @@ def main() -> None:
         "allcores.Pool": lambda items: ac_pool.map(spin, items),
         "allcores.map": lambda items: allcores.map(spin, items, workers=WORKERS),
     }
-    times: dict[str, dict[str, list[float]]] = {w: {s: [] for s in SYSTEMS} for w in workloads}
+    plain_pool = None
+    if args.take_back_ab:
+        with mock.patch.object(manager_module, "TAKE_BACK", False):
+            plain_pool = no_take_back = allcores.Pool(WORKERS)
+        runners[NO_TAKE_BACK] = lambda items: no_take_back.map(spin, items)
+    times: dict[str, dict[str, list[float]]] = {w: {s: [] for s in systems} for w in workloads}
     first_calls: dict[str, list[float]] = {}
     try:
         for system, run in runners.items():  # warm-up: every pool up, every result checked
@@ -122,21 +138,23 @@ def main() -> None:
         mp_pool.terminate()
         mp_pool.join()
         ac_pool.terminate()
+        if plain_pool is not None:
+            plain_pool.terminate()
         allcores.shutdown()
 
     medians = {w: {s: statistics.median(t) for s, t in row.items()} for w, row in times.items()}
     speedups = {
-        w: {s: row["serial"] / row[s] for s in SYSTEMS if s != "serial"}
+        w: {s: row["serial"] / row[s] for s in systems if s != "serial"}
         for w, row in medians.items()
     }
     print()
-    print("| workload | serial | " + " | ".join(SYSTEMS[1:]) + " |")
-    print("|---|---|" + "---|" * (len(SYSTEMS) - 1))
+    print("| workload | serial | " + " | ".join(systems[1:]) + " |")
+    print("|---|---|" + "---|" * (len(systems) - 1))
     for w in workloads:
-        cells = [f"{medians[w][s]:.3f} s ({speedups[w][s]:.2f}x)" for s in SYSTEMS[1:]]
+        cells = [f"{medians[w][s]:.3f} s ({speedups[w][s]:.2f}x)" for s in systems[1:]]
         print(f"| {w} | {medians[w]['serial']:.3f} s | " + " | ".join(cells) + " |")
     summary = {}
-    for s in SYSTEMS[1:]:
+    for s in systems[1:]:
         values = [speedups[w][s] for w in workloads]
         worst = min(values)
         summary[s] = {
@@ -144,9 +162,9 @@ def main() -> None:
             "worst": worst,
             "worst_workload": [w for w in workloads if speedups[w][s] == worst][0],
         }
-    mean_cells = [f"**{summary[s]['mean']:.2f}x**" for s in SYSTEMS[1:]]
+    mean_cells = [f"**{summary[s]['mean']:.2f}x**" for s in systems[1:]]
     worst_cells = [f"**{summary[s]['worst']:.2f}x** ({summary[s]['worst_workload']})"
-                   for s in SYSTEMS[1:]]
+                   for s in systems[1:]]
     print("| mean speedup | 1.00x | " + " | ".join(mean_cells) + " |")
     print("| worst speedup | 1.00x | " + " | ".join(worst_cells) + " |")
 
