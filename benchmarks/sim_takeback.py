@@ -20,24 +20,15 @@ import argparse
 import os
 import statistics
 import sys
-from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
 
-from _simulation import simulate  # noqa: E402
+from _simulation import one_at_a_time, simulate  # noqa: E402
 from workloads import skewed_durations_ms  # noqa: E402
 
 WORKERS = 2
-
-
-def one_at_a_time(costs: Sequence[float], workers: int = WORKERS) -> float:
-    """One item at a time to the first idle worker, no round trip: the ideal."""
-    free = [0.0] * workers
-    for cost in costs:
-        free[free.index(min(free))] += cost
-    return sum(costs) / max(free)
 
 
 def main() -> None:
@@ -47,7 +38,7 @@ def main() -> None:
                         help="one-way latencies in milliseconds, comma-separated")
     args = parser.parse_args()
     maps = [[ms / 1e3 for ms in skewed_durations_ms(seed)] for seed in range(1, args.seeds + 1)]
-    ideal = [one_at_a_time(costs) for costs in maps]
+    ideal = [one_at_a_time(costs, WORKERS) for costs in maps]
     print(f"W3 over seeds 1-{args.seeds}, {WORKERS} workers; mean / worst speedup, and the worst "
           "ratio to one item at a time with no overhead")
     print("| one-way latency | without taking back | with taking back (the engine) |")

@@ -245,3 +245,12 @@ def simulate(
     assert next_index == total
     return SimResult(last, float(sum(costs)), float(max(costs, default=0.0)), workers, messages,
                      sizer.cost, longest)
+
+
+def one_at_a_time(costs: Sequence[float], workers: int = 2) -> float:
+    """The speedup of a perfect pull scheduler: one item at a time to the first idle worker,
+    no round trip. No chunking scheduler that has not seen the items can promise more."""
+    free = [0.0] * workers
+    for cost in costs:
+        free[free.index(min(free))] += cost
+    return sum(costs) / max(free)

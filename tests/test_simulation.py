@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _simulation import simulate
+from _simulation import one_at_a_time, simulate
 from allcores._engine.scheduler import PREFETCH_HORIZON_SECONDS, has_room
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
@@ -49,15 +49,6 @@ def test_w3_seeds_get_close_to_two_workers(seed):
 def test_w3b_heavy_last():
     result = simulate(sorted(w3(W3_SEED)))
     assert result.speedup >= 1.9, result
-
-
-def one_at_a_time(costs: list[float], workers: int = 2) -> float:
-    """The speedup of a perfect pull scheduler: one item at a time to the first idle worker,
-    no round trip. No chunking scheduler that has not seen the items can promise more."""
-    free = [0.0] * workers
-    for cost in costs:
-        free[free.index(min(free))] += cost
-    return sum(costs) / max(free)
 
 
 def test_w3_over_many_seeds_mean_and_worst():
