@@ -521,9 +521,7 @@ class Manager:
             return False
         try:
             data = os.read(holder.claim_r.fileno(), 8)
-        except (BlockingIOError, InterruptedError):
-            return False  # its worker has started every chunk that could be taken back
-        except OSError:
+        except OSError:  # mostly BlockingIOError: its worker started every chunk it could
             return False
         if len(data) != 8:
             return False
@@ -910,9 +908,7 @@ class Manager:
             except BaseException:  # an argument's __reduce__ may raise anything
                 self._unpicklable_items(chunk, now)
                 return True
-        remaining = self._remaining(job)
-        if (handle.messages and chunk.segments and remaining is not None
-                and job.sizer.in_heavy_end(remaining + len(chunk.items))):
+        if handle.messages and chunk.segments and self._heavy_end_after(job, chunk):
             # At a heavy tail's end a chunk waits behind a busy worker only if it can be taken
             # back (ChunkSizer.idle_only); one with shared-memory arguments cannot: it goes to
             # the next idle worker instead (packed already).
@@ -960,6 +956,11 @@ class Manager:
         if not handle.ready:
             chunk.deadline = None  # its clock starts when the worker is ready (see Ready)
         return True
+
+    def _heavy_end_after(self, job: Job, chunk: Chunk) -> bool:
+        """Whether ``job`` is at its heavy tail's end, counting ``chunk`` (just cut) as left."""
+        remaining = self._remaining(job)
+        return remaining is not None and job.sizer.in_heavy_end(remaining + len(chunk.items))
 
     def _send_batch(self, handle: WorkerHandle, batch: list[Chunk], now: float) -> None:
         """Send single-item chunks of several jobs as one :class:`RunBatch`."""
