@@ -261,3 +261,26 @@ def test_a_call_collected_while_its_pool_lock_is_held_does_not_deadlock(kind):
         worker.join(WAIT)
         assert not worker.is_alive(), "the collection deadlocked on the pool's state lock"
         assert list(pool.map(t.double, [1, 2])) == [2, 4]  # the pool goes on
+
+
+def test_a_process_forked_while_an_executor_has_work_exits_without_waiting_for_it():
+    """A forked child inherits the parent's executors, not their manager threads: at its exit
+    it must not wait for their work (a replacement worker forked while an executor had work
+    pending hung there, and its pool with it: the 3.12 flake of the fork-warning test)."""
+    script = (
+        "import multiprocessing, sys\n"
+        f"sys.path.insert(0, {TESTS!r})\n"
+        "import allcores, _tasks as t\n"
+        "with allcores.Executor(1, mp_context='fork') as ex:\n"
+        "    pending = ex.submit(t.sleep_then, 1, 2.0)\n"
+        "    child = multiprocessing.get_context('fork').Process(target=int)\n"
+        # As when the manager thread forks a replacement while the main thread is in submit():
+        "    with ex._shutdown_lock:\n"
+        "        child.start()\n"
+        "    child.join(20)\n"
+        "    print(child.exitcode)\n"
+        "    assert pending.result() == 1\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=WAIT)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr + out.stdout

@@ -318,6 +318,16 @@ def _finish_at_exit() -> None:
             pass
 
 
+def _forget_parents_executors() -> None:
+    """A forked child (a worker, or a process a task starts) inherits the parent's executors
+    but none of their manager threads: at its exit it must not wait for their work, which
+    is the parent's (a worker forked while an executor had work pending hung at its exit)."""
+    _live_executors.clear()
+    _draining.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_executors)
+
 try:
     threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
 except (AttributeError, RuntimeError):  # imported while the interpreter is already exiting
