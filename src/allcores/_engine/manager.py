@@ -210,6 +210,7 @@ class Manager:
         self._collector_held = False  # see collector.py: many pending calls
         # The run statistics (pool.statistics(), MapResults.stats, reports): see recording.py.
         self.recorder: Recorder | None = Recorder(workers) if recording.ENABLED else None
+        self._read_scratch = processes.read_buffer()  # the manager thread's, for answers
         shm.sweep_stale()  # segments of runs that were SIGKILLed before they could clean up
         # Fork the first workers here, in the caller's thread, before the manager thread exists:
         # a fork from a single-threaded process is the safe kind.
@@ -1033,7 +1034,7 @@ class Manager:
         """Handle the messages that have arrived from ``handle``, never blocking: a worker
         stalled in the middle of a message leaves its first part in the inbox, and the manager
         goes on with the other workers and every deadline."""
-        messages, open_ = processes.read_messages(handle)
+        messages, open_ = processes.read_messages(handle, self._read_scratch)
         if not open_:
             # The worker is dying; its sentinel will report it. Stop watching this pipe.
             self._unregister(handle.result_conn)
