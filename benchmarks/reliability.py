@@ -381,6 +381,10 @@ def _probe_simple(system: Probed, which: str) -> None:
 
 
 def child(probe: str, system_key: str) -> None:
+    # Python's own Ctrl-C handler, as a script started from a terminal has it: launched from a
+    # background job of a non-interactive shell (``make bench &``, nohup), the child would
+    # inherit SIGINT ignored, and every system would "hang" in the sigint probe.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _emit(event="begin", pid=os.getpid())
     with SYSTEMS[system_key]() as system:
         if probe in ("exit", "sigkill", "segv"):
