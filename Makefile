@@ -81,7 +81,7 @@ test-python:
 	echo "== the suite on Python $$(.venv-$(V)/bin/python -c 'import sys; print(sys.version.split()[0])') (.venv-$(V))"; \
 	.venv-$(V)/bin/python -m pytest -q
 
-# Every benchmark script in turn (about 20 minutes on 2 cores); numbers also land in bench-out/.
+# Every benchmark script in turn (about 25 minutes on 2 cores); numbers also land in bench-out/.
 bench: $(STAMP)
 	mkdir -p bench-out
 	-$(PY) benchmarks/run.py --json bench-out/run.json
