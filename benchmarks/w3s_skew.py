@@ -11,6 +11,8 @@ than the one it was tuned on, so the table reports the mean AND the worst speedu
 Method: 2 workers; every pool exists before timing; one warm-up round; then in each of
 ``--rounds`` rounds every workload is run by every system in turn, the serial loop included, so
 the serial reference is timed interleaved with the pools (a noisy neighbour slows both); the
+order of the systems rotates by one place each round, so none always runs right after the serial
+loop or after mp.Pool (use as many rounds as systems, or more, to give each every place); the
 speedup of a cell is median(serial) / median(system) of that workload.
 
 Systems: serial (a list comprehension), mp.Pool(2).map (fork, default chunksize),
@@ -118,13 +120,15 @@ def main() -> None:
         for system, run in runners.items():  # warm-up: every pool up, every result checked
             for name, items in workloads.items():
                 assert run(items) == expected[name], (system, name)
+        order = list(runners.items())
         for rnd in range(args.rounds):
             for name, items in workloads.items():
-                for system, run in runners.items():
+                for system, run in order:
                     started = time.perf_counter()
                     run(items)
                     times[name][system].append(time.perf_counter() - started)
             print(f"  round {rnd + 1}/{args.rounds} done", flush=True)
+            order = order[1:] + order[:1]  # each system takes each place in turn
         for name, items in workloads.items():  # the one-liner's first, second and third call
             fn = make_spin()
             calls = []
