@@ -210,7 +210,6 @@ class Manager:
         self._collector_held = False  # see collector.py: many pending calls
         # The run statistics (pool.statistics(), MapResults.stats, reports): see recording.py.
         self.recorder: Recorder | None = Recorder(workers) if recording.ENABLED else None
-        self._read_scratch = processes.read_buffer()  # the manager thread's, for answers
         shm.sweep_stale()  # segments of runs that were SIGKILLed before they could clean up
         # Fork the first workers here, in the caller's thread, before the manager thread exists:
         # a fork from a single-threaded process is the safe kind.
@@ -311,6 +310,9 @@ class Manager:
     # -- the manager thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        # Made here, in the thread that reads answers, rather than in __init__: the caller does
+        # not pay for filling 1 MiB, and the first workers are not forked with it.
+        self._read_scratch = processes.read_buffer()
         try:
             self._loop()
         except BaseException as exc:  # an engine bug must fail the jobs, never hang them
