@@ -2,6 +2,7 @@
 
     python benchmarks/sim_takeback.py                 # W3, 200 seeds, 4 latencies (~5 s)
     python benchmarks/sim_takeback.py --seeds 500 --latencies 0.1,0.2
+    python benchmarks/sim_takeback.py --chunk-overhead 0.3     # each chunk costs 0.3 ms of CPU
 
 No process is started: this plays W3's durations (``workloads.skewed_durations_ms``) on 2
 simulated workers with ``tests/_simulation.py``, which drives the real pure scheduling code,
@@ -36,18 +37,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=200, help="W3 seeds 1..N")
     parser.add_argument("--latencies", default="0.1,0.2,0.5,1",
                         help="one-way latencies in milliseconds, comma-separated")
+    parser.add_argument("--chunk-overhead", type=float, default=0.0, metavar="MS",
+                        help="CPU each chunk costs a worker on top of its items, in ms (the "
+                             "manager's loop runs on the workers' cores: about 0.3 ms on 2)")
     args = parser.parse_args()
     maps = [[ms / 1e3 for ms in skewed_durations_ms(seed)] for seed in range(1, args.seeds + 1)]
     ideal = [one_at_a_time(costs, WORKERS) for costs in maps]
-    print(f"W3 over seeds 1-{args.seeds}, {WORKERS} workers; mean / worst speedup, and the worst "
-          "ratio to one item at a time with no overhead")
+    print(f"W3 over seeds 1-{args.seeds}, {WORKERS} workers, {args.chunk_overhead} ms of CPU per "
+          "chunk; mean / worst speedup, and the worst ratio to one item at a time with no "
+          "overhead")
     print("| one-way latency | without taking back | with taking back (the engine) |")
     print("|---|---|---|")
     for text in args.latencies.split(","):
         latency = float(text) / 1e3
         cells = []
         for take_back in (False, True):
-            speedups = [simulate(costs, WORKERS, latency=latency, take_back=take_back).speedup
+            speedups = [simulate(costs, WORKERS, latency=latency, take_back=take_back,
+                                 chunk_overhead=args.chunk_overhead / 1e3).speedup
                         for costs in maps]
             worst_ratio = min(s / i for s, i in zip(speedups, ideal, strict=True))
             cells.append(f"{statistics.mean(speedups):.3f}x / {min(speedups):.3f}x "

@@ -90,6 +90,7 @@ def simulate(
     learned_cost: float | None = None,
     room: Room = has_room,
     take_back: bool = True,
+    chunk_overhead: float = 0.0,
 ) -> SimResult:
     """Play one map of ``costs`` on ``workers`` workers; see the module docstring.
 
@@ -98,7 +99,10 @@ def simulate(
     with a per-item cost, as a second call of the same function does (the manager keeps each
     function's learned cost). ``room`` replaces ``has_room``, to compare another rule;
     ``take_back=False`` plays the engine without taking queued chunks back (every queued chunk
-    here can be: W3's items are plain numbers).
+    here can be: W3's items are plain numbers). ``chunk_overhead`` is the seconds each chunk
+    costs a worker on top of its items: on a machine whose cores the workers fill, the
+    manager's CPU per chunk comes out of theirs, so a policy that sends many small chunks
+    pays for them here as it does on real processes.
     """
     sizer = ChunkSizer(workers, chunksize)
     sizer.cost = learned_cost
@@ -129,7 +133,7 @@ def simulate(
             w.since = now  # the manager's clock for the chunk it runs: from the send
         # The worker starts it once it arrives and its earlier work is done.
         begin = max(now + latency, w.free_at)
-        work = sum(costs[start : start + size])
+        work = sum(costs[start : start + size]) + chunk_overhead
         token = next(tokens)
         w.queue.append(_Sent(start, size, expected, begin, begin + work, token))
         w.free_at = begin + work

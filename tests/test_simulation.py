@@ -60,6 +60,17 @@ def test_w3_over_many_seeds_mean_and_worst():
     assert min(speedups) >= 1.8
 
 
+def test_w3_bar_holds_when_each_chunk_costs_the_workers_cpu():
+    """The same bar with each chunk costing 0.3 ms of the workers' CPU, about what it costs on
+    the 2-core machine (the manager's loop, ~0.15-0.2 ms of CPU per chunk measured with
+    ``time.thread_time``, runs on the cores the workers fill; the worker adds its own framing).
+    The heavy tail's one-item chunks are what keeps the worst seed up; this keeps their number
+    from growing past what they are worth (1.91x mean, 1.81x worst today)."""
+    speedups = [simulate(w3(seed), chunk_overhead=0.3e-3).speedup for seed in range(1, 201)]
+    assert statistics.mean(speedups) >= 1.9
+    assert min(speedups) >= 1.8
+
+
 def test_w3_within_a_few_percent_of_one_item_at_a_time_on_every_seed():
     # One item at a time gets 1.85x on its worst seed here: the 200 ms items drawn last decide.
     for seed in range(1, 201):
