@@ -8,12 +8,19 @@ exactly 200 ms) shuffled with each seed of ``--seeds`` (none of them W3's defaul
 (W3's default tasks sorted, the 200 ms ones last). A scheduling claim must hold for inputs other
 than the one it was tuned on, so the table reports the mean AND the worst speedup over them.
 
-Method: 2 workers; every pool exists before timing; one warm-up round; then in each of
-``--rounds`` rounds every workload is run by every system in turn, the serial loop included, so
-the serial reference is timed interleaved with the pools (a noisy neighbour slows both); the
-order of the systems rotates by one place each round, so none always runs right after the serial
-loop or after mp.Pool (use as many rounds as systems, or more, to give each every place); the
-speedup of a cell is median(serial) / median(system) of that workload.
+Method: 2 workers; one warm-up round; then in each of ``--rounds`` rounds every workload is run
+by every system in turn, the serial loop included, so the serial reference is timed interleaved
+with the pools (a noisy neighbour slows both); the speedup of a cell is median(serial) /
+median(system) of that workload. Two things keep a system from being favoured for a whole run:
+- Each round has new pools (mp.Pool, allcores.Pool, the one-liner's), started and given one
+  untimed map before any timing, so every timed call is a warm one. The same function runs
+  measurably faster in some worker processes than in others: two allcores pools of one run,
+  timed alternately, showed 1.7% and 3.3% more function time in one pool's workers than in the
+  other's (its ``stats.busy_seconds``, same chunks), in two runs of the same script. Reusing
+  one pool per system for the whole run gave that difference to one system every round.
+- The order of the systems rotates by one place every second round and runs backwards in the
+  rounds between, so each runs first, last, and right after each of its neighbours in turn
+  (rotating alone keeps who runs after whom: it only moves where the cycle starts).
 
 Systems: serial (a list comprehension), mp.Pool(2).map (fork, default chunksize),
 allcores.Pool(2).map and the one-liner allcores.map(workers=2).
@@ -78,6 +85,63 @@ def make_spin() -> Callable[[int], int]:
     return fresh_spin
 
 
+def round_order(systems: list[str], rnd: int) -> list[str]:
+    """The systems' order in round ``rnd``: rotated by one place every second round, backwards
+    in odd rounds (see the module docstring).
+
+    >>> [round_order(["a", "b", "c"], r) for r in range(4)]
+    [['a', 'b', 'c'], ['c', 'b', 'a'], ['b', 'c', 'a'], ['a', 'c', 'b']]
+    """
+    shift = (rnd // 2) % len(systems)
+    order = systems[shift:] + systems[:shift]
+    return order[::-1] if rnd % 2 else order
+
+
+class Pools:
+    """The pools the systems run on; :meth:`renew` replaces every one of them (the one-liner's
+    shared pool included) between rounds."""
+
+    def __init__(self, *, take_back_ab: bool) -> None:
+        self.take_back_ab = take_back_ab
+        self._start()
+
+    def _start(self) -> None:
+        self.mp_pool = multiprocessing.get_context("fork").Pool(WORKERS)
+        self.ac_pool = allcores.Pool(WORKERS)
+        self.plain_pool = None
+        if self.take_back_ab:
+            with mock.patch.object(manager_module, "TAKE_BACK", False):
+                self.plain_pool = allcores.Pool(WORKERS)
+
+    def runners(self) -> dict[str, Callable[[list[int]], list[int]]]:
+        """Each system's call; they look the pools up at call time, so they outlive renew()."""
+        runners: dict[str, Callable[[list[int]], list[int]]] = {
+            "serial": lambda items: [spin(n) for n in items],
+            "mp.Pool": lambda items: self.mp_pool.map(spin, items),
+            "allcores.Pool": lambda items: self.ac_pool.map(spin, items),
+            "allcores.map": lambda items: allcores.map(spin, items, workers=WORKERS),
+        }
+        if self.take_back_ab:
+            runners[NO_TAKE_BACK] = lambda items: self.plain_pool.map(spin, items)
+        return runners
+
+    def renew(self, warm_items: list[int]) -> None:
+        """New pools for the next round, each given one untimed map of ``warm_items``."""
+        self.stop()
+        self._start()
+        for name, run in self.runners().items():
+            if name != "serial":
+                run(warm_items)
+
+    def stop(self) -> None:
+        self.mp_pool.terminate()
+        self.mp_pool.join()
+        self.ac_pool.terminate()
+        if self.plain_pool is not None:
+            self.plain_pool.terminate()
+        allcores.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default=DEFAULT_SEEDS, help="seeds, e.g. 1-8 or 3,5,11")
@@ -101,34 +165,25 @@ def main() -> None:
     print(f"spin calibration: {per_ms:.0f} iterations per ms; seeds {seeds} and W3b "
           f"(seed {W3_SEED} sorted); {args.rounds} rounds")
 
-    mp_pool = multiprocessing.get_context("fork").Pool(WORKERS)
-    ac_pool = allcores.Pool(WORKERS)
-    runners: dict[str, Callable[[list[int]], list[int]]] = {
-        "serial": lambda items: [spin(n) for n in items],
-        "mp.Pool": lambda items: mp_pool.map(spin, items),
-        "allcores.Pool": lambda items: ac_pool.map(spin, items),
-        "allcores.map": lambda items: allcores.map(spin, items, workers=WORKERS),
-    }
-    plain_pool = None
-    if args.take_back_ab:
-        with mock.patch.object(manager_module, "TAKE_BACK", False):
-            plain_pool = no_take_back = allcores.Pool(WORKERS)
-        runners[NO_TAKE_BACK] = lambda items: no_take_back.map(spin, items)
+    pools = Pools(take_back_ab=args.take_back_ab)
+    runners = pools.runners()
     times: dict[str, dict[str, list[float]]] = {w: {s: [] for s in systems} for w in workloads}
     first_calls: dict[str, list[float]] = {}
     try:
         for system, run in runners.items():  # warm-up: every pool up, every result checked
             for name, items in workloads.items():
                 assert run(items) == expected[name], (system, name)
-        order = list(runners.items())
+        warm_items = next(iter(workloads.values()))
         for rnd in range(args.rounds):
+            if rnd:
+                pools.renew(warm_items)
             for name, items in workloads.items():
-                for system, run in order:
+                for system in round_order(systems, rnd):
+                    run = runners[system]
                     started = time.perf_counter()
                     run(items)
                     times[name][system].append(time.perf_counter() - started)
             print(f"  round {rnd + 1}/{args.rounds} done", flush=True)
-            order = order[1:] + order[:1]  # each system takes each place in turn
         for name, items in workloads.items():  # the one-liner's first, second and third call
             fn = make_spin()
             calls = []
@@ -139,12 +194,7 @@ def main() -> None:
                 assert out == expected[name]
             first_calls[name] = calls
     finally:
-        mp_pool.terminate()
-        mp_pool.join()
-        ac_pool.terminate()
-        if plain_pool is not None:
-            plain_pool.terminate()
-        allcores.shutdown()
+        pools.stop()
 
     medians = {w: {s: statistics.median(t) for s, t in row.items()} for w, row in times.items()}
     speedups = {
