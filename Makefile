@@ -95,8 +95,9 @@ bench: $(STAMP)
 	-$(PY) benchmarks/chaos.py
 	-$(PY) benchmarks/apply_async.py --json bench-out/apply_async.json
 	-$(PY) benchmarks/stats_overhead.py --json bench-out/stats_overhead.json
-	-$(PY) benchmarks/w3s_skew.py --rounds 5 --take-back-ab --json bench-out/w3s.json
+	-$(PY) benchmarks/w3s_skew.py --rounds 6 --take-back-ab --json bench-out/w3s.json
 	-$(PY) benchmarks/sim_takeback.py
+	-$(PY) benchmarks/sim_takeback.py --chunk-overhead 0.3 --latencies 0.1,1
 	-$(PY) benchmarks/cluster.py --json bench-out/cluster.json
 
 clean:
