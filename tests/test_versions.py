@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -27,6 +28,7 @@ import pytest
 
 import _dropin_tasks as t
 import allcores
+from allcores._engine.processes import _FORK_WARNING_FILTER, _fork_warning_ignored
 from allcores.errors import PoolClosedError
 
 pytestmark = pytest.mark.timeout(120)
@@ -203,6 +205,48 @@ def test_no_fork_warning_from_allcores_pools():
                          timeout=WAIT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     assert "Warning" not in out.stderr, out.stderr
+
+
+FORK_WARNING_TEXT = ("This process (pid=1) is multi-threaded, use of fork() may lead to "
+                     "deadlocks in the child.")
+
+
+def test_fork_warning_is_ignored_while_a_worker_is_forked_and_only_then():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _fork_warning_ignored():
+            warnings.warn(FORK_WARNING_TEXT, DeprecationWarning)  # ignored: no error
+            with pytest.raises(UserWarning):
+                warnings.warn("another warning", UserWarning)  # the others still apply
+        with pytest.raises(DeprecationWarning):
+            warnings.warn(FORK_WARNING_TEXT, DeprecationWarning)
+
+
+@pytest.mark.parametrize("ours_first", [True, False])
+def test_fork_warning_filter_leaves_another_threads_catch_warnings_intact(ours_first):
+    """A replacement worker is forked on the manager thread while the caller's thread may enter
+    or leave ``warnings.catch_warnings`` (pytest does around every test). The two interleave
+    here, in each order: afterwards the filters are exactly what the caller had, and nothing of
+    either block is left. (With ``catch_warnings`` on the manager thread, as before, both
+    orders left the caller's filter in force after its block.)"""
+    before = list(warnings.filters)
+    ours = _fork_warning_ignored()
+    theirs = warnings.catch_warnings()
+    if ours_first:
+        ours.__enter__()
+        theirs.__enter__()
+        warnings.simplefilter("error", UserWarning)
+        ours.__exit__(None, None, None)
+        assert warnings.filters[0][:3] == ("error", None, UserWarning)  # theirs still holds
+        theirs.__exit__(None, None, None)
+    else:
+        theirs.__enter__()
+        warnings.simplefilter("error", UserWarning)
+        ours.__enter__()
+        theirs.__exit__(None, None, None)
+        ours.__exit__(None, None, None)
+    assert list(warnings.filters) == before
+    assert all(entry is not _FORK_WARNING_FILTER for entry in warnings.filters)
 
 
 def test_the_fork_warning_check_sees_the_standard_pools_warning():

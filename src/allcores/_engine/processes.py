@@ -19,13 +19,17 @@ already handed its children to init by the time anyone can look: those are left 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import re
 import signal
 import struct
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from allcores._engine.serialization import ByValue
 from allcores._engine.worker_main import worker_main
@@ -154,14 +158,7 @@ def start_worker(
         daemon=False,  # non-daemonic, so a task may start processes of its own (nested pools)
     )
     try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns on any fork from a process with threads. The first workers are
-            # forked before the manager thread exists; a replacement is forked from the manager
-            # thread, as multiprocessing.Pool does, and the child runs only the worker loop.
-            warnings.filterwarnings(
-                "ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
-                category=DeprecationWarning,
-            )
+        with _fork_warning_ignored():
             process.start()
     except BaseException:
         task_w.close()
@@ -178,6 +175,55 @@ def start_worker(
     os.set_blocking(result_r.fileno(), False)
     return WorkerHandle(slot, process, task_w, result_r, pidfd=_pidfd(process.pid),
                         claim_r=claim_r, claim_w=claim_w)
+
+
+# Python 3.12+ warns on any fork from a process with threads. The first workers are forked
+# before the manager thread exists; a replacement is forked from the manager thread, as
+# multiprocessing.Pool does, and the child runs only the worker loop, so the warning says
+# nothing true about our forks (and under ``-W error`` it would stop the pool).
+_FORK_WARNING_FILTER = (
+    "ignore",
+    re.compile(r".*multi-threaded, use of fork\(\) may lead to deadlocks", re.IGNORECASE),
+    DeprecationWarning,
+    None,
+    0,
+)
+_fork_warning_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fork_warning_ignored() -> Iterator[None]:
+    """Ignore the fork-with-threads warning while a worker is forked, without touching the
+    rest of the process's warning filters.
+
+    ``warnings.catch_warnings`` is no good here: it swaps the whole filter list and puts its
+    copy back on exit, so when it runs on the manager thread while the caller's thread enters
+    or leaves a ``catch_warnings`` of its own (pytest does, around every test), one of the two
+    restores the other's list: the caller's filters are lost, or leak past its block. This
+    inserts one filter entry into the list in place and takes that very entry (by identity)
+    out again, from the list it went into and from the one in force by then, so whoever
+    swapped lists meanwhile finds them as they were.
+    """
+    entry = _FORK_WARNING_FILTER
+    with _fork_warning_lock:
+        target = _filter_list()
+        target.insert(0, entry)
+        warnings._filters_mutated()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        with _fork_warning_lock:
+            for filters in (target, _filter_list()):
+                for index, item in enumerate(filters):
+                    if item is entry:
+                        del filters[index]
+                        break
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+
+
+def _filter_list() -> list[Any]:
+    """The filter list in force (a plain list; typeshed calls it a Sequence)."""
+    return cast("list[Any]", warnings.filters)
 
 
 def _pidfd(pid: int | None) -> int | None:
