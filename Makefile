@@ -98,6 +98,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/w3s_skew.py --rounds 6 --take-back-ab --json bench-out/w3s.json
 	-$(PY) benchmarks/sim_takeback.py
 	-$(PY) benchmarks/sim_takeback.py --chunk-overhead 0.3 --latencies 0.1,1
+	-$(PY) benchmarks/many_workers.py --json bench-out/many_workers.json
 	-$(PY) benchmarks/cluster.py --json bench-out/cluster.json
 
 clean:
