@@ -258,3 +258,19 @@ def test_admission_control_holds_back_work_when_memory_is_low():
     assert all(end <= nxt_start for (_, end), (nxt_start, _) in zip(spans, spans[1:]))
     with pytest.raises(ValueError, match="memory_reserve"):
         allcores.Pool(1, memory_reserve=-5)
+
+
+def test_machine_memory_is_read_from_whole_lines_of_meminfo():
+    """Admission control reads MemAvailable and MemTotal from the raw bytes of /proc/meminfo:
+    the same numbers as /proc's own lines, and only a line that starts with the name counts."""
+    from allcores._engine.processes import _meminfo_bytes, available_memory
+
+    available, total = available_memory()
+    with open("/proc/meminfo") as f:
+        lines = dict(line.split(":", 1) for line in f)
+    assert total == int(lines["MemTotal"].split()[0]) * 1024
+    assert available is not None and 0 < available <= total
+    data = b"HugeMemTotal: 1 kB\nMemTotal:   20 kB\nBad: x\n"
+    assert _meminfo_bytes(data, b"MemTotal:") == 20 * 1024
+    assert _meminfo_bytes(data, b"MemAvailable:") is None
+    assert _meminfo_bytes(b"MemTotal: many kB", b"MemTotal:") is None

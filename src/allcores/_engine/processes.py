@@ -434,13 +434,28 @@ def close_handle(handle: WorkerHandle) -> None:
 
 
 def available_memory() -> tuple[int | None, int | None]:
-    """(available, total) bytes of the machine from /proc/meminfo, or (None, None)."""
+    """(available, total) bytes of the machine from /proc/meminfo, or None for each that is
+    missing. Read while work waits for memory, every ``MEMORY_RECHECK_SECONDS``: the two
+    fields are found in the raw bytes (~7 us) rather than every line parsed (~27 us)."""
     try:
-        with open("/proc/meminfo") as f:
-            info = {}
-            for line in f:
-                key, _, rest = line.partition(":")
-                info[key] = int(rest.split()[0]) * 1024
-        return info.get("MemAvailable"), info.get("MemTotal")
-    except (OSError, ValueError, IndexError):
+        with open("/proc/meminfo", "rb") as f:
+            data = f.read()
+    except OSError:
         return None, None
+    return _meminfo_bytes(data, b"MemAvailable:"), _meminfo_bytes(data, b"MemTotal:")
+
+
+def _meminfo_bytes(data: bytes, key: bytes) -> int | None:
+    """The value of one /proc/meminfo line (``MemTotal:  24683664 kB``) in bytes, or None."""
+    if data.startswith(key):
+        start = 0
+    else:
+        start = data.find(b"\n" + key) + 1  # a whole line's name, not the end of another's
+        if start == 0:
+            return None
+    end = data.find(b"\n", start)
+    fields = data[start + len(key) : end if end >= 0 else None].split()
+    try:
+        return int(fields[0]) * 1024
+    except (ValueError, IndexError):
+        return None
