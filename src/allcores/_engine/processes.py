@@ -435,8 +435,9 @@ def close_handle(handle: WorkerHandle) -> None:
 
 def available_memory() -> tuple[int | None, int | None]:
     """(available, total) bytes of the machine from /proc/meminfo, or None for each that is
-    missing. Read while work waits for memory, every ``MEMORY_RECHECK_SECONDS``: the two
-    fields are found in the raw bytes (~7 us) rather than every line parsed (~27 us)."""
+    missing. The manager's dispatch reads it at most every ``MEMORY_RECHECK_SECONDS`` where a
+    memory reserve is set: the two fields are found in the raw bytes (~7 us) rather than every
+    line parsed (~27 us)."""
     try:
         with open("/proc/meminfo", "rb") as f:
             data = f.read()
