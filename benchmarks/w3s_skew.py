@@ -32,6 +32,9 @@ gives, measured in the same run.
 A second table checks that the one-liner is as fast on the second and third call with the same
 function as on the first: per seed, a fresh function object (so nothing is learned from earlier
 calls) is mapped three times in a row; each call's speedup is against that seed's serial median.
+Those calls run back to back after the rounds, not interleaved with the serial loop, so they are
+to be compared with each other (is the first call as fast as the later ones?), not with the
+table above.
 """
 
 from __future__ import annotations
